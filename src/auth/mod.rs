@@ -1,0 +1,358 @@
+//! Token → `Verified` claims, or a `Reject` with one reason.
+//!
+//! Order of checks (cheapest first; nothing after a failure runs):
+//! 1. size, alphabet, segment count — no decoding;
+//! 2. verified-token cache (SHA-256 of the whole token): a hit is honoured only inside the
+//!    token's `exp`/`nbf` window and while its verifying key is still in the issuer's set;
+//! 3. header: `alg` on the allow-list of jwtgate, no `crit` (no extension is understood);
+//! 4. claims parsed once, `iss` picks the issuer (exact match); the issuer's `algorithms`
+//!    and `typ` lists apply;
+//! 5. key by `kid` (an unknown kid waits for one shared, rate-limited refetch), and the
+//!    key must fit `alg` (kty, crv, the JWK's own `alg`);
+//! 6. signature (jsonwebtoken, aws-lc-rs backend);
+//! 7. refresh-token markers, `exp` (required), `nbf`, `iat`, `aud` with `leeway_s`.
+//!
+//! This module knows nothing of HTTP: it takes a token string and a clock.
+
+pub mod reject;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Algorithm, Config, IssuerConfig, normalize_typ};
+use crate::jwks::{IssuerKeys, KeyError, KeySet, VerifyKey};
+use crate::metrics::Metrics;
+pub use reject::{Reason, Reject};
+
+/// At most this many keys are tried for a token without `kid`.
+const MAX_KIDLESS_CANDIDATES: usize = 4;
+
+/// Seconds since the Unix epoch. Injectable so tests of time windows need no sleeps.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        crate::jwks::unix_now()
+    }
+}
+
+/// What a verified token leaves behind for the rest of the pipeline.
+#[derive(Debug)]
+pub struct Verified {
+    /// Index of the issuer in the config.
+    pub issuer: usize,
+    kid: Option<Box<str>>,
+    key_id: u64,
+    pub exp: i64,
+    pub nbf: Option<i64>,
+    pub iat: Option<i64>,
+    pub sub: Option<Box<str>>,
+    pub jti: Option<Box<str>>,
+    /// `client_id`, else `azp`.
+    pub client: Option<Box<str>>,
+    pub entity_id: Option<Box<str>>,
+}
+
+/// A token's SHA-256: the verified-cache key; its first 4 bytes are the log fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> TokenHash {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        TokenHash(out)
+    }
+
+    /// First 8 hex characters of the SHA-256: safe to log, useless to replay.
+    pub fn fingerprint(&self) -> String {
+        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+struct Issuer {
+    cfg: IssuerConfig,
+    keys: Arc<IssuerKeys>,
+}
+
+pub struct Authenticator {
+    issuers: Vec<Issuer>,
+    by_iss: HashMap<String, usize>,
+    cache: Option<moka::sync::Cache<TokenHash, Arc<Verified>>>,
+    max_token_bytes: usize,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+struct ExpireAtExp(Arc<dyn Clock>);
+
+impl moka::Expiry<TokenHash, Arc<Verified>> for ExpireAtExp {
+    fn expire_after_create(
+        &self,
+        _: &TokenHash,
+        v: &Arc<Verified>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs((v.exp - self.0.now()).max(0) as u64))
+    }
+}
+
+impl Authenticator {
+    pub fn new(
+        config: &Config,
+        keys: &[Arc<IssuerKeys>],
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Authenticator {
+        let issuers: Vec<Issuer> = config
+            .issuers
+            .iter()
+            .zip(keys)
+            .map(|(cfg, keys)| Issuer {
+                cfg: cfg.clone(),
+                keys: keys.clone(),
+            })
+            .collect();
+        let by_iss = issuers
+            .iter()
+            .enumerate()
+            .map(|(i, is)| (is.cfg.issuer.clone(), i))
+            .collect();
+        let cache = (config.cache.max_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.cache.max_entries)
+                .expire_after(ExpireAtExp(clock.clone()))
+                .build()
+        });
+        Authenticator {
+            issuers,
+            by_iss,
+            cache,
+            max_token_bytes: config.limits.max_token_bytes,
+            clock,
+            metrics,
+        }
+    }
+
+    /// The configured name of issuer `i` (for logs and metrics).
+    pub fn issuer_name(&self, i: usize) -> &str {
+        &self.issuers[i].cfg.name
+    }
+
+    /// Validates one token. Only a token with an unknown `kid` ever awaits (the refetch).
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        hash: &TokenHash,
+    ) -> Result<Arc<Verified>, Reject> {
+        let seg = token::split(token, self.max_token_bytes)?;
+
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(hash) {
+                if self.still_valid(&hit) {
+                    self.metrics.cache_hits.inc();
+                    return Ok(hit);
+                }
+                cache.invalidate(hash);
+            }
+            self.metrics.cache_misses.inc();
+        }
+
+        let header = token::header(seg.header)?;
+        let alg = Algorithm::from_name(&header.alg).ok_or(Reject::new(
+            Reason::Algorithm,
+            "token alg is not an accepted signature algorithm",
+        ))?;
+        if header.crit.is_some() {
+            return Err(Reject::new(
+                Reason::Malformed,
+                "token has a crit header parameter jwtgate does not understand",
+            ));
+        }
+        let claims = token::claims(seg.payload)?;
+        let issuer_idx = claims
+            .iss
+            .as_deref()
+            .and_then(|iss| self.by_iss.get(iss).copied())
+            .ok_or(Reject::new(Reason::Issuer, "token issuer is not trusted"))?;
+        let issuer = &self.issuers[issuer_idx];
+        if !issuer.cfg.algorithms.contains(&alg) {
+            return Err(Reject::new(
+                Reason::Algorithm,
+                "token alg is not allowed for this issuer",
+            ));
+        }
+        if let Some(typ) = &header.typ {
+            let typ = normalize_typ(typ);
+            if typ == "rt+jwt" {
+                return Err(Reject::new(
+                    Reason::RefreshToken,
+                    "refresh tokens are not access tokens",
+                ));
+            }
+            if !issuer.cfg.typ.contains(&typ) {
+                return Err(Reject::new(Reason::Typ, "token typ is not accepted"));
+            }
+        }
+
+        let key = self
+            .verify_signature(issuer, header.kid.as_deref(), alg, &seg)
+            .await?;
+
+        if claims.token_type.as_deref() == Some("refresh_token") {
+            return Err(Reject::new(
+                Reason::RefreshToken,
+                "refresh tokens are not access tokens",
+            ));
+        }
+        let now = self.clock.now();
+        let leeway = issuer.cfg.leeway_s as i64;
+        let exp = claims
+            .exp
+            .ok_or(Reject::new(Reason::Malformed, "token has no exp claim"))?
+            .0;
+        if now - leeway >= exp {
+            return Err(Reject::new(Reason::Expired, "token expired"));
+        }
+        if let Some(nbf) = claims.nbf {
+            if nbf.0 > now + leeway {
+                return Err(Reject::new(
+                    Reason::NotYetValid,
+                    "token is not valid yet (nbf)",
+                ));
+            }
+        }
+        if let Some(iat) = claims.iat {
+            if iat.0 > now + leeway {
+                return Err(Reject::new(
+                    Reason::IssuedInFuture,
+                    "token was issued in the future (iat)",
+                ));
+            }
+        }
+        if !issuer.cfg.skip_audience_check
+            && !claims
+                .aud
+                .as_ref()
+                .is_some_and(|a| a.contains_any(&issuer.cfg.audiences))
+        {
+            return Err(Reject::new(
+                Reason::Audience,
+                "token audience is not accepted",
+            ));
+        }
+
+        let verified = Arc::new(Verified {
+            issuer: issuer_idx,
+            kid: key.kid.as_deref().map(Into::into),
+            key_id: key.id,
+            exp,
+            nbf: claims.nbf.map(|d| d.0),
+            iat: claims.iat.map(|d| d.0),
+            sub: claims.sub.map(Into::into),
+            jti: claims.jti.map(Into::into),
+            client: claims.client_id.or(claims.azp).map(Into::into),
+            entity_id: claims.entity_id.map(Into::into),
+        });
+        if let Some(cache) = &self.cache {
+            cache.insert(*hash, verified.clone());
+        }
+        Ok(verified)
+    }
+
+    /// A cached verdict still stands: inside the time window, key still published.
+    fn still_valid(&self, v: &Verified) -> bool {
+        let issuer = &self.issuers[v.issuer];
+        let now = self.clock.now();
+        let leeway = issuer.cfg.leeway_s as i64;
+        now - leeway < v.exp
+            && v.nbf.is_none_or(|nbf| nbf <= now + leeway)
+            && issuer
+                .keys
+                .current()
+                .is_ok_and(|set| set.contains(v.kid.as_deref(), v.key_id))
+    }
+
+    async fn verify_signature(
+        &self,
+        issuer: &Issuer,
+        kid: Option<&str>,
+        alg: Algorithm,
+        seg: &token::Segments<'_>,
+    ) -> Result<Arc<VerifyKey>, Reject> {
+        let set = issuer.keys.current().map_err(key_error)?;
+        let key = match kid {
+            Some(kid) => match set.get(kid) {
+                Some(k) => k.clone(),
+                None => issuer
+                    .keys
+                    .key_for_unknown_kid(kid)
+                    .await
+                    .map_err(key_error)?,
+            },
+            None => return verify_kidless(&set, alg, seg),
+        };
+        if !key.fits(alg) {
+            return Err(Reject::new(
+                Reason::Algorithm,
+                "token alg does not fit the key it names",
+            ));
+        }
+        if verify(&key, alg, seg) {
+            Ok(key)
+        } else {
+            Err(Reject::new(Reason::Signature, "token signature is invalid"))
+        }
+    }
+}
+
+fn verify_kidless(
+    set: &KeySet,
+    alg: Algorithm,
+    seg: &token::Segments<'_>,
+) -> Result<Arc<VerifyKey>, Reject> {
+    let mut tried = false;
+    for key in set.candidates(alg, MAX_KIDLESS_CANDIDATES) {
+        tried = true;
+        if verify(key, alg, seg) {
+            return Ok(key.clone());
+        }
+    }
+    Err(if tried {
+        Reject::new(Reason::Signature, "token signature is invalid")
+    } else {
+        Reject::new(Reason::UnknownKid, "no key of the issuer fits the token")
+    })
+}
+
+fn verify(key: &VerifyKey, alg: Algorithm, seg: &token::Segments<'_>) -> bool {
+    jsonwebtoken::crypto::verify(
+        seg.signature,
+        seg.signing_input.as_bytes(),
+        &key.key,
+        alg.jsonwebtoken(),
+    )
+    .unwrap_or(false)
+}
+
+fn key_error(e: KeyError) -> Reject {
+    match e {
+        KeyError::UnknownKid => Reject::new(
+            Reason::UnknownKid,
+            "token kid is not in the issuer's key set",
+        ),
+        KeyError::Unavailable => Reject::new(
+            Reason::KeysUnavailable,
+            "signing keys are temporarily unavailable",
+        ),
+    }
+}

@@ -1,0 +1,935 @@
+//! Typed configuration: TOML in, a validated [`Config`] out.
+//!
+//! Invariants a [`Config`] holds once built:
+//! - every key in the file was known (unknown keys are errors);
+//! - every `${NAME}` inside a string was replaced from the environment, and an unset
+//!   variable was reported against the key that used it (never with its value);
+//! - cross-field rules (unique issuer names, audiences or an explicit opt-out, one key
+//!   source per issuer, parseable addresses and URLs) passed.
+//!
+//! Every problem is collected, so `jwtgate check` prints all of them at once.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use serde::{Deserialize, Serialize};
+
+/// One problem in the config, named by the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "config error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    fn one(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// A JWS algorithm jwtgate can verify. HMAC is deliberately absent: a remote JWKS never
+/// supplies shared secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 9] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
+    /// Exact, case-sensitive match on the JOSE name (RFC 7518): `none`, `None`, `HS256`
+    /// and anything else are not algorithms jwtgate verifies.
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+            Algorithm::RS384 => jsonwebtoken::Algorithm::RS384,
+            Algorithm::RS512 => jsonwebtoken::Algorithm::RS512,
+            Algorithm::PS256 => jsonwebtoken::Algorithm::PS256,
+            Algorithm::PS384 => jsonwebtoken::Algorithm::PS384,
+            Algorithm::PS512 => jsonwebtoken::Algorithm::PS512,
+            Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+            Algorithm::ES384 => jsonwebtoken::Algorithm::ES384,
+            Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+        }
+    }
+}
+
+/// Claim names and revocation formats an issuer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Generic,
+    Wso2,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    JwksUri(#[serde(serialize_with = "ser_display")] reqwest::Url),
+    DiscoveryUrl(#[serde(serialize_with = "ser_display")] reqwest::Url),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub jwks: JwksConfig,
+    pub cache: CacheConfig,
+    pub limits: LimitsConfig,
+    pub forward: ForwardConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    #[serde(serialize_with = "ser_secs")]
+    pub shutdown_delay: Duration,
+    #[serde(serialize_with = "ser_secs")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConfig {
+    /// `http://host:port`, no path: the request's own path and query are appended.
+    #[serde(serialize_with = "ser_display")]
+    pub url: http::Uri,
+    #[serde(serialize_with = "ser_millis")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "ser_millis")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub issuer: String,
+    pub keys: KeySource,
+    pub ca_file: Option<PathBuf>,
+    pub audiences: Vec<String>,
+    pub skip_audience_check: bool,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway_s: u64,
+    /// Normalised: lowercase, `application/` prefix removed.
+    pub typ: Vec<String>,
+    pub profile: Profile,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JwksConfig {
+    #[serde(serialize_with = "ser_secs")]
+    pub refresh_interval: Duration,
+    #[serde(serialize_with = "ser_secs")]
+    pub min_refetch_interval: Duration,
+    #[serde(serialize_with = "ser_secs")]
+    pub max_stale: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheConfig {
+    pub max_entries: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitsConfig {
+    pub max_token_bytes: usize,
+    pub max_header_bytes: usize,
+    #[serde(serialize_with = "ser_millis")]
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardConfig {
+    #[serde(serialize_with = "ser_display")]
+    pub claims_header: HeaderName,
+    pub strip_authorization: bool,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+fn ser_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+fn ser_display<T: fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// Normalise a media type as RFC 9068 §4 compares `typ`.
+pub fn normalize_typ(typ: &str) -> String {
+    let lower = typ.to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_owned(),
+        None => lower,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw, as-written form. Every section denies unknown keys; defaults live here.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    shutdown_delay_s: Option<u64>,
+    drain_timeout_s: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    url: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawIssuer {
+    name: Option<String>,
+    issuer: Option<String>,
+    jwks_uri: Option<String>,
+    discovery_url: Option<String>,
+    ca_file: Option<String>,
+    audiences: Option<Vec<String>>,
+    skip_audience_check: bool,
+    algorithms: Option<Vec<String>>,
+    leeway_s: Option<u64>,
+    typ: Option<Vec<String>>,
+    profile: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawJwks {
+    refresh_interval_s: Option<u64>,
+    min_refetch_interval_s: Option<u64>,
+    max_stale_s: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawCache {
+    max_entries: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_token_bytes: Option<u64>,
+    max_header_bytes: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawForward {
+    claims_header: Option<String>,
+    strip_authorization: bool,
+}
+
+const SECTIONS: &[&str] = &[
+    "server", "upstream", "issuers", "jwks", "cache", "limits", "forward",
+];
+
+/// Collects problems while the config is being read.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+impl Config {
+    /// Reads a config file; `env` resolves `${NAME}` (tests pass a closure, `main` passes
+    /// `std::env::var`).
+    pub fn load(
+        path: &std::path::Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::one("--config", format!("cannot read {}: {e}", path.display()))
+        })?;
+        Config::from_toml_str(&text, env)
+    }
+
+    /// Parses and validates a config, returning every problem at once.
+    pub fn from_toml_str(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut root: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigErrors::one("(file)", syntax_message(&e)))?;
+        let mut p = Problems::default();
+
+        for key in root.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                p.push(
+                    key.clone(),
+                    format!("unknown section, expected one of: {}", SECTIONS.join(", ")),
+                );
+            }
+        }
+        for (key, value) in root.iter_mut() {
+            expand_env(key, value, env, &mut p);
+        }
+
+        let server: RawServer = section(&root, "server", &mut p);
+        let upstream: RawUpstream = section(&root, "upstream", &mut p);
+        let jwks: RawJwks = section(&root, "jwks", &mut p);
+        let cache: RawCache = section(&root, "cache", &mut p);
+        let limits: RawLimits = section(&root, "limits", &mut p);
+        let forward: RawForward = section(&root, "forward", &mut p);
+        let issuers: Vec<RawIssuer> = match root.get("issuers") {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| typed(v.clone(), &format!("issuers[{i}]"), &mut p))
+                .collect(),
+            Some(_) => {
+                p.push("issuers", "must be an array of tables: write [[issuers]]");
+                Vec::new()
+            }
+        };
+
+        let config = Config {
+            server: validate_server(server, &mut p),
+            upstream: validate_upstream(upstream, &mut p),
+            issuers: validate_issuers(issuers, &mut p),
+            jwks: validate_jwks(jwks, &mut p),
+            cache: CacheConfig {
+                max_entries: cache.max_entries.unwrap_or(100_000),
+            },
+            limits: validate_limits(limits, &mut p),
+            forward: validate_forward(forward, &mut p),
+        };
+        if p.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(p.0))
+        }
+    }
+
+    /// Issuers that opted out of the audience check: `serve` warns about each at start.
+    pub fn issuers_without_audience_check(&self) -> impl Iterator<Item = &IssuerConfig> {
+        self.issuers.iter().filter(|i| i.skip_audience_check)
+    }
+
+    /// The effective config as TOML, for `jwtgate check` (this section set holds no secrets).
+    pub fn to_effective_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Sets `[section] key = value` in a config text (command-line overrides such as
+/// `--upstream`), before validation so the value is checked like any other. A text that does
+/// not parse is returned unchanged: the load reports the syntax error.
+pub fn override_key(text: &str, section: &str, key: &str, value: &str) -> String {
+    let Ok(mut root) = text.parse::<toml::Table>() else {
+        return text.to_owned();
+    };
+    let table = root
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = table {
+        t.insert(key.to_owned(), toml::Value::String(value.to_owned()));
+    }
+    root.to_string()
+}
+
+fn syntax_message(e: &toml::de::Error) -> String {
+    // toml's message already carries line and column; keep it on one line.
+    e.to_string().lines().collect::<Vec<_>>().join(" ")
+}
+
+fn section<T: for<'de> Deserialize<'de> + Default>(
+    root: &toml::Table,
+    name: &str,
+    p: &mut Problems,
+) -> T {
+    match root.get(name) {
+        None => T::default(),
+        Some(v @ toml::Value::Table(_)) => typed(v.clone(), name, p),
+        Some(_) => {
+            p.push(name, format!("must be a table: write [{name}]"));
+            T::default()
+        }
+    }
+}
+
+fn typed<T: for<'de> Deserialize<'de> + Default>(
+    value: toml::Value,
+    prefix: &str,
+    p: &mut Problems,
+) -> T {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => v,
+        Err(e) => {
+            let path = e.path().to_string();
+            let key = if path == "." || path.is_empty() {
+                prefix.to_owned()
+            } else {
+                format!("{prefix}.{path}")
+            };
+            p.push(key, e.into_inner().to_string());
+            T::default()
+        }
+    }
+}
+
+/// Replaces `${NAME}` inside every string, recursively; problems name the key.
+fn expand_env(
+    key: &str,
+    value: &mut toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) {
+    match value {
+        toml::Value::String(s) => {
+            if s.contains("${") {
+                match expand_str(s, env) {
+                    Ok(expanded) => *s = expanded,
+                    Err(msg) => p.push(key, msg),
+                }
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env(&format!("{key}[{i}]"), item, env, p);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                expand_env(&format!("{key}.{k}"), v, env, p);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unterminated ${ in value".to_owned())?;
+        let name = &after[..end];
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "invalid environment variable name in ${{{name}}}: use letters, digits and _"
+            ));
+        }
+        match env(name) {
+            Some(v) => out.push_str(&v),
+            None => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn addr(key: &str, value: Option<String>, default: &str, p: &mut Problems) -> SocketAddr {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    match text.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            p.push(
+                key,
+                format!("not a socket address (expected IP:PORT such as {default})"),
+            );
+            // Placeholder so validation can go on; never used: errors abort the load.
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+    }
+}
+
+fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig {
+    ServerConfig {
+        listen: addr("server.listen", raw.listen, "0.0.0.0:8080", p),
+        admin_listen: addr("server.admin_listen", raw.admin_listen, "127.0.0.1:9901", p),
+        shutdown_delay: Duration::from_secs(raw.shutdown_delay_s.unwrap_or(5)),
+        drain_timeout: Duration::from_secs(raw.drain_timeout_s.unwrap_or(30)),
+    }
+}
+
+fn validate_upstream(raw: RawUpstream, p: &mut Problems) -> UpstreamConfig {
+    let url = match raw.url {
+        None => {
+            p.push(
+                "upstream.url",
+                "required (for example \"http://127.0.0.1:8081\")",
+            );
+            http::Uri::from_static("http://127.0.0.1:0")
+        }
+        Some(text) => match text.parse::<http::Uri>() {
+            Ok(uri)
+                if uri.scheme_str() == Some("http")
+                    && uri.authority().is_some()
+                    && uri.path_and_query().is_none_or(|pq| pq.as_str() == "/") =>
+            {
+                uri
+            }
+            Ok(uri) if uri.scheme_str() == Some("https") => {
+                p.push(
+                    "upstream.url",
+                    "https upstreams are not supported: the app runs beside jwtgate on loopback",
+                );
+                uri
+            }
+            _ => {
+                p.push(
+                    "upstream.url",
+                    "must be http://HOST:PORT with no path (the request's path is appended)",
+                );
+                http::Uri::from_static("http://127.0.0.1:0")
+            }
+        },
+    };
+    let connect_ms = raw.connect_timeout_ms.unwrap_or(2000);
+    let request_ms = raw.request_timeout_ms.unwrap_or(30_000);
+    if connect_ms == 0 {
+        p.push("upstream.connect_timeout_ms", "must be greater than 0");
+    }
+    if request_ms == 0 {
+        p.push("upstream.request_timeout_ms", "must be greater than 0");
+    }
+    UpstreamConfig {
+        url,
+        connect_timeout: Duration::from_millis(connect_ms),
+        request_timeout: Duration::from_millis(request_ms),
+    }
+}
+
+fn http_url(key: &str, text: &str, p: &mut Problems) -> Option<reqwest::Url> {
+    match reqwest::Url::parse(text) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+        Ok(_) => {
+            p.push(key, "must be an http:// or https:// URL with a host");
+            None
+        }
+        Err(e) => {
+            p.push(key, format!("not a URL: {e}"));
+            None
+        }
+    }
+}
+
+fn label_safe(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn validate_issuers(raw: Vec<RawIssuer>, p: &mut Problems) -> Vec<IssuerConfig> {
+    if raw.is_empty() {
+        p.push(
+            "issuers",
+            "at least one [[issuers]] table is required: jwtgate trusts no issuer by default",
+        );
+    }
+    let mut names = HashSet::new();
+    let mut issuer_values = HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let k = |field: &str| format!("issuers[{i}].{field}");
+        let issuer = match r.issuer {
+            Some(s) if !s.is_empty() => s,
+            _ => {
+                p.push(k("issuer"), "required: the exact `iss` value of its tokens");
+                String::new()
+            }
+        };
+        if !issuer.is_empty() && !issuer_values.insert(issuer.clone()) {
+            p.push(
+                k("issuer"),
+                "another issuer table has the same `issuer` value",
+            );
+        }
+        let keys = match (r.jwks_uri, r.discovery_url) {
+            (Some(u), None) => http_url(&k("jwks_uri"), &u, p).map(KeySource::JwksUri),
+            (None, Some(u)) => http_url(&k("discovery_url"), &u, p).map(KeySource::DiscoveryUrl),
+            (Some(_), Some(_)) => {
+                p.push(k("jwks_uri"), "set jwks_uri or discovery_url, not both");
+                None
+            }
+            (None, None) => {
+                p.push(k("jwks_uri"), "required (or discovery_url)");
+                None
+            }
+        };
+        let name = match r.name {
+            Some(n) => n,
+            None => reqwest::Url::parse(&issuer)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_else(|| issuer.clone()),
+        };
+        if !label_safe(&name) {
+            p.push(
+                k("name"),
+                "must be 1-64 characters of letters, digits, '-', '_' or '.' (it is a metric label)",
+            );
+        } else if !names.insert(name.clone()) {
+            p.push(k("name"), format!("duplicate issuer name {name:?}"));
+        }
+        let audiences = r.audiences.unwrap_or_default();
+        if audiences.is_empty() && !r.skip_audience_check {
+            p.push(
+                k("audiences"),
+                "required unless skip_audience_check = true (WSO2 puts the client id in aud)",
+            );
+        }
+        let algorithms = match r.algorithms {
+            None => vec![Algorithm::RS256],
+            Some(list) if list.is_empty() => {
+                p.push(k("algorithms"), "must list at least one algorithm");
+                Vec::new()
+            }
+            Some(list) => list
+                .iter()
+                .filter_map(|a| {
+                    let alg = Algorithm::from_name(a);
+                    if alg.is_none() {
+                        p.push(
+                            k("algorithms"),
+                            format!(
+                                "unsupported algorithm {a:?}; allowed: RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
+                            ),
+                        );
+                    }
+                    alg
+                })
+                .collect(),
+        };
+        let leeway_s = r.leeway_s.unwrap_or(30);
+        if leeway_s > 300 {
+            p.push(k("leeway_s"), "must be at most 300 seconds");
+        }
+        let typ = r
+            .typ
+            .unwrap_or_else(|| vec!["at+jwt".into(), "JWT".into()])
+            .iter()
+            .map(|t| normalize_typ(t))
+            .collect::<Vec<_>>();
+        if typ.iter().any(|t| t == "rt+jwt") {
+            p.push(
+                k("typ"),
+                "rt+jwt is a refresh token type and is always refused",
+            );
+        }
+        let profile = match r.profile.as_deref() {
+            None | Some("generic") => Profile::Generic,
+            Some("wso2") => Profile::Wso2,
+            Some(_) => {
+                p.push(k("profile"), "must be \"generic\" or \"wso2\"");
+                Profile::Generic
+            }
+        };
+        let ca_file = r.ca_file.map(PathBuf::from);
+        if let Some(path) = &ca_file {
+            match std::fs::read(path) {
+                Ok(pem) => {
+                    if reqwest::Certificate::from_pem_bundle(&pem).is_err() {
+                        p.push(
+                            k("ca_file"),
+                            format!("{} holds no PEM certificate", path.display()),
+                        );
+                    }
+                }
+                Err(e) => p.push(k("ca_file"), format!("cannot read {}: {e}", path.display())),
+            }
+        }
+        if let Some(keys) = keys {
+            out.push(IssuerConfig {
+                name,
+                issuer,
+                keys,
+                ca_file,
+                audiences,
+                skip_audience_check: r.skip_audience_check,
+                algorithms,
+                leeway_s,
+                typ,
+                profile,
+            });
+        }
+    }
+    out
+}
+
+fn validate_jwks(raw: RawJwks, p: &mut Problems) -> JwksConfig {
+    let refresh = raw.refresh_interval_s.unwrap_or(300);
+    let min_refetch = raw.min_refetch_interval_s.unwrap_or(10);
+    let max_stale = raw.max_stale_s.unwrap_or(86_400);
+    if refresh == 0 {
+        p.push("jwks.refresh_interval_s", "must be greater than 0");
+    }
+    if min_refetch == 0 {
+        p.push(
+            "jwks.min_refetch_interval_s",
+            "must be greater than 0: it bounds how often a token can make jwtgate call the key manager",
+        );
+    }
+    if max_stale < refresh {
+        p.push(
+            "jwks.max_stale_s",
+            "must be at least jwks.refresh_interval_s, or keys would expire between refreshes",
+        );
+    }
+    JwksConfig {
+        refresh_interval: Duration::from_secs(refresh),
+        min_refetch_interval: Duration::from_secs(min_refetch),
+        max_stale: Duration::from_secs(max_stale),
+    }
+}
+
+fn validate_limits(raw: RawLimits, p: &mut Problems) -> LimitsConfig {
+    let max_token = raw.max_token_bytes.unwrap_or(8192);
+    let max_header = raw.max_header_bytes.unwrap_or(65_536);
+    let timeout = raw.header_read_timeout_ms.unwrap_or(10_000);
+    if !(256..=65_536).contains(&max_token) {
+        p.push("limits.max_token_bytes", "must be between 256 and 65536");
+    }
+    if !(8192..=1_048_576).contains(&max_header) {
+        p.push(
+            "limits.max_header_bytes",
+            "must be between 8192 and 1048576",
+        );
+    }
+    if max_token > max_header {
+        p.push(
+            "limits.max_token_bytes",
+            "must not exceed limits.max_header_bytes",
+        );
+    }
+    if timeout == 0 {
+        p.push("limits.header_read_timeout_ms", "must be greater than 0");
+    }
+    LimitsConfig {
+        max_token_bytes: max_token as usize,
+        max_header_bytes: max_header as usize,
+        header_read_timeout: Duration::from_millis(timeout),
+    }
+}
+
+fn validate_forward(raw: RawForward, p: &mut Problems) -> ForwardConfig {
+    let name = raw
+        .claims_header
+        .unwrap_or_else(|| "x-jwt-payload".to_owned());
+    let claims_header = match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) if !crate::proxy::headers::is_reserved(&h) => h,
+        Ok(_) => {
+            p.push(
+                "forward.claims_header",
+                "must not be a hop-by-hop, Host, Authorization or X-Forwarded-* header",
+            );
+            HeaderName::from_static("x-jwt-payload")
+        }
+        Err(_) => {
+            p.push("forward.claims_header", "not a valid HTTP header name");
+            HeaderName::from_static("x-jwt-payload")
+        }
+    };
+    ForwardConfig {
+        claims_header,
+        strip_authorization: raw.strip_authorization,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[upstream]
+url = "http://127.0.0.1:8081"
+
+[[issuers]]
+issuer = "https://km.example.com/oauth2/token"
+jwks_uri = "https://km.example.com/oauth2/jwks"
+audiences = ["api://orders"]
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn keys_of(err: ConfigErrors) -> Vec<String> {
+        err.0.into_iter().map(|e| e.key).collect()
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::from_toml_str(MINIMAL, &no_env).unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.server.admin_listen, "127.0.0.1:9901".parse().unwrap());
+        assert_eq!(c.issuers[0].name, "km.example.com");
+        assert_eq!(c.issuers[0].algorithms, vec![Algorithm::RS256]);
+        assert_eq!(c.issuers[0].typ, vec!["at+jwt", "jwt"]);
+        assert_eq!(c.limits.max_token_bytes, 8192);
+        assert_eq!(c.cache.max_entries, 100_000);
+        assert_eq!(c.forward.claims_header.as_str(), "x-jwt-payload");
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_named() {
+        let text = format!("{MINIMAL}\n[server]\nlisten_addr = \"x\"\n[extra]\na = 1\n");
+        let keys = keys_of(Config::from_toml_str(&text, &no_env).unwrap_err());
+        assert!(keys.contains(&"extra".to_owned()), "{keys:?}");
+        assert!(keys.iter().any(|k| k.starts_with("server")), "{keys:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+[server]
+listen = "nope"
+[upstream]
+url = "http://127.0.0.1:8081/base"
+connect_timeout_ms = "fast"
+[[issuers]]
+name = "a"
+issuer = "https://a"
+jwks_uri = "https://a/jwks"
+[[issuers]]
+name = "a"
+issuer = "https://b"
+jwks_uri = "https://b/jwks"
+audiences = ["x"]
+algorithms = ["HS256", "none"]
+"#;
+        let keys = keys_of(Config::from_toml_str(text, &no_env).unwrap_err());
+        for expected in [
+            "server.listen",
+            "upstream.connect_timeout_ms",
+            "upstream.url",
+            "issuers[0].audiences",
+            "issuers[1].name",
+            "issuers[1].algorithms",
+        ] {
+            assert!(keys.iter().any(|k| k == expected), "{expected} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn env_expansion_and_unset_variable_names_the_key() {
+        let text = MINIMAL.replace("api://orders", "${AUD}-${AUD2}");
+        let env = |n: &str| (n == "AUD").then(|| "api://x".to_owned());
+        let err = Config::from_toml_str(&text, &env).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].key, "issuers[0].audiences[0]");
+        assert!(err.0[0].message.contains("AUD2 is not set"));
+
+        let env = |n: &str| Some(format!("v-{n}"));
+        let c = Config::from_toml_str(&text, &env).unwrap();
+        assert_eq!(c.issuers[0].audiences, vec!["v-AUD-v-AUD2"]);
+    }
+
+    #[test]
+    fn skip_audience_check_allows_no_audiences() {
+        let text = MINIMAL.replace(
+            "audiences = [\"api://orders\"]",
+            "skip_audience_check = true",
+        );
+        let c = Config::from_toml_str(&text, &no_env).unwrap();
+        assert_eq!(c.issuers_without_audience_check().count(), 1);
+    }
+
+    #[test]
+    fn typ_is_normalised() {
+        assert_eq!(normalize_typ("application/AT+JWT"), "at+jwt");
+        assert_eq!(normalize_typ("JWT"), "jwt");
+    }
+
+    #[test]
+    fn algorithm_names_are_case_sensitive() {
+        assert_eq!(Algorithm::from_name("RS256"), Some(Algorithm::RS256));
+        assert_eq!(Algorithm::from_name("rs256"), None);
+        assert_eq!(Algorithm::from_name("none"), None);
+        assert_eq!(Algorithm::from_name("HS256"), None);
+    }
+}

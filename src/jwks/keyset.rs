@@ -1,0 +1,347 @@
+//! A parsed JWKS: `kid` → pre-built decoding key, with the hygiene rules applied once per
+//! fetch so the request path only does a map lookup.
+//!
+//! Ignored (logged at debug, never fatal to the rest of the set): `kty: oct` (a remote JWKS
+//! never supplies HMAC secrets), RSA moduli under 2048 bits, unknown `kty`/`crv`, keys with
+//! `use` other than `sig` or `key_ops` without `verify`, malformed members, and a second key
+//! with an already-seen `kid`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::DecodingKey;
+use serde::Deserialize;
+
+use crate::config::Algorithm;
+
+/// Upper bound on keys kept per issuer: a hostile JWKS cannot grow memory without limit.
+pub const MAX_KEYS: usize = 64;
+/// Upper bound on a JWKS document body.
+pub const MAX_JWKS_BYTES: usize = 512 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+}
+
+/// One verification key, parsed once.
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    /// Stable identity of (kid, key material): the same key in a refetched set has the same
+    /// id, so verified-token cache entries stay valid exactly while their key is present.
+    pub id: u64,
+    pub kind: KeyKind,
+    /// The JWK's own `alg`, when it named one jwtgate supports.
+    pub alg: Option<Algorithm>,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyKey {
+    /// Whether a token signed with `alg` may be verified by this key: the key type and
+    /// curve must fit, and so must the JWK's `alg` when it has one. An RSA key without
+    /// `alg` serves both RS* and PS*.
+    pub fn fits(&self, alg: Algorithm) -> bool {
+        if let Some(own) = self.alg {
+            if own != alg {
+                return false;
+            }
+        }
+        use Algorithm::*;
+        match self.kind {
+            KeyKind::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            KeyKind::P256 => alg == ES256,
+            KeyKind::P384 => alg == ES384,
+            KeyKind::Ed25519 => alg == EdDSA,
+        }
+    }
+}
+
+/// An issuer's current keys.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    by_kid: HashMap<String, Arc<VerifyKey>>,
+    /// Every key, including those without a `kid`, in document order.
+    all: Vec<Arc<VerifyKey>>,
+}
+
+impl KeySet {
+    pub fn get(&self, kid: &str) -> Option<&Arc<VerifyKey>> {
+        self.by_kid.get(kid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// Keys a token without `kid` may be checked against (at most `limit`).
+    pub fn candidates(
+        &self,
+        alg: Algorithm,
+        limit: usize,
+    ) -> impl Iterator<Item = &Arc<VerifyKey>> {
+        self.all.iter().filter(move |k| k.fits(alg)).take(limit)
+    }
+
+    /// Whether the key with this identity is still in the set.
+    pub fn contains(&self, kid: Option<&str>, id: u64) -> bool {
+        match kid {
+            Some(kid) => self.by_kid.get(kid).is_some_and(|k| k.id == id),
+            None => self.all.iter().any(|k| k.id == id),
+        }
+    }
+
+    /// Parses a JWKS document. Fails only if the document itself is not a JWKS; bad
+    /// individual keys are skipped.
+    pub fn parse(body: &[u8]) -> Result<KeySet, String> {
+        #[derive(Deserialize)]
+        struct Doc {
+            keys: Vec<serde_json::Value>,
+        }
+        let doc: Doc =
+            serde_json::from_slice(body).map_err(|e| format!("not a JWKS document ({e})"))?;
+        let mut set = KeySet::default();
+        for (i, raw) in doc.keys.into_iter().enumerate() {
+            if set.all.len() >= MAX_KEYS {
+                tracing::warn!(
+                    max = MAX_KEYS,
+                    "JWKS has more keys than jwtgate keeps; the rest are ignored"
+                );
+                break;
+            }
+            match parse_key(raw) {
+                Ok(key) => {
+                    if let Some(kid) = &key.kid {
+                        if set.by_kid.contains_key(kid) {
+                            tracing::warn!(
+                                index = i,
+                                "JWKS repeats a kid; the first key with it is kept"
+                            );
+                            continue;
+                        }
+                    }
+                    let key = Arc::new(key);
+                    if let Some(kid) = &key.kid {
+                        set.by_kid.insert(kid.clone(), key.clone());
+                    }
+                    set.all.push(key);
+                }
+                Err(why) => tracing::debug!(index = i, why, "JWKS key ignored"),
+            }
+        }
+        Ok(set)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawJwk {
+    kty: String,
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    key_ops: Option<Vec<String>>,
+    crv: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+}
+
+fn b64(field: &'static str, value: Option<&str>) -> Result<Vec<u8>, String> {
+    let v = value.ok_or_else(|| format!("missing {field}"))?;
+    URL_SAFE_NO_PAD
+        .decode(v)
+        .map_err(|_| format!("{field} is not base64url"))
+}
+
+fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
+    let jwk: RawJwk = serde_json::from_value(raw).map_err(|e| format!("malformed JWK ({e})"))?;
+    if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
+        return Err("use is not sig".into());
+    }
+    if let Some(ops) = &jwk.key_ops {
+        if !ops.iter().any(|o| o == "verify") {
+            return Err("key_ops lacks verify".into());
+        }
+    }
+    let alg = match jwk.alg.as_deref() {
+        None => None,
+        Some(name) => {
+            Some(Algorithm::from_name(name).ok_or_else(|| format!("unsupported alg {name:?}"))?)
+        }
+    };
+    let (kind, material, key) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+        ("RSA", _) => {
+            let n = b64("n", jwk.n.as_deref())?;
+            let e = b64("e", jwk.e.as_deref())?;
+            let n_trim = strip_leading_zeros(&n);
+            let bits = n_trim
+                .first()
+                .map_or(0, |b| n_trim.len() * 8 - b.leading_zeros() as usize);
+            if bits < 2048 {
+                return Err(format!("RSA modulus of {bits} bits is under 2048"));
+            }
+            let e_trim = strip_leading_zeros(&e);
+            if e_trim.is_empty() || e_trim.len() > 4 {
+                return Err("RSA exponent out of range".into());
+            }
+            let key = DecodingKey::from_rsa_raw_components(n_trim, e_trim);
+            (KeyKind::Rsa, [n_trim, e_trim].concat(), key)
+        }
+        ("EC", Some(crv @ ("P-256" | "P-384"))) => {
+            let x = b64("x", jwk.x.as_deref())?;
+            let y = b64("y", jwk.y.as_deref())?;
+            let (kind, len) = if crv == "P-256" {
+                (KeyKind::P256, 32)
+            } else {
+                (KeyKind::P384, 48)
+            };
+            if x.len() != len || y.len() != len {
+                return Err(format!("{crv} coordinates must be {len} bytes"));
+            }
+            let xs = jwk.x.as_deref().unwrap_or_default();
+            let ys = jwk.y.as_deref().unwrap_or_default();
+            let key = DecodingKey::from_ec_components(xs, ys).map_err(|e| e.to_string())?;
+            (kind, [x, y].concat(), key)
+        }
+        ("OKP", Some("Ed25519")) => {
+            let x = b64("x", jwk.x.as_deref())?;
+            if x.len() != 32 {
+                return Err("Ed25519 key must be 32 bytes".into());
+            }
+            let key = DecodingKey::from_ed_components(jwk.x.as_deref().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+            (KeyKind::Ed25519, x, key)
+        }
+        ("oct", _) => return Err("symmetric (oct) keys are never taken from a JWKS".into()),
+        (kty, crv) => return Err(format!("unsupported kty {kty:?} / crv {crv:?}")),
+    };
+    let probe = VerifyKey {
+        kid: None,
+        id: 0,
+        kind,
+        alg: None,
+        key: DecodingKey::from_secret(&[]),
+    };
+    if let Some(a) = alg {
+        if !probe.fits(a) {
+            return Err(format!("alg {} does not fit the key type", a.name()));
+        }
+    }
+    let id = identity(jwk.kid.as_deref(), &material);
+    Ok(VerifyKey {
+        kid: jwk.kid,
+        id,
+        kind,
+        alg,
+        key,
+    })
+}
+
+fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+    let first = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[first..]
+}
+
+fn identity(kid: Option<&str>, material: &[u8]) -> u64 {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(kid.unwrap_or("").as_bytes());
+    ctx.update(&[0]);
+    ctx.update(material);
+    let d = ctx.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_le_bytes(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn rsa_jwk(kid: &str, bits: usize, alg: Option<&str>) -> serde_json::Value {
+        let mut n = vec![0xC3u8; bits / 8];
+        n[0] = 0xC3;
+        let mut v = serde_json::json!({"kty": "RSA", "kid": kid, "n": b(&n), "e": b(&[1, 0, 1])});
+        if let Some(a) = alg {
+            v["alg"] = a.into();
+        }
+        v
+    }
+
+    fn parse(keys: Vec<serde_json::Value>) -> KeySet {
+        KeySet::parse(serde_json::json!({ "keys": keys }).to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn hostile_members_are_skipped_not_fatal() {
+        let set = parse(vec![
+            serde_json::json!({"kty": "oct", "kid": "h", "k": b(b"secret")}),
+            rsa_jwk("small", 1024, None),
+            serde_json::json!({"kty": "RSA", "kid": "enc", "use": "enc", "n": b(&[0xC3; 256]), "e": b(&[1,0,1])}),
+            serde_json::json!({"kty": "EC", "kid": "badcrv", "crv": "P-521", "x": b(&[1; 66]), "y": b(&[1; 66])}),
+            serde_json::json!({"kty": "EC", "kid": "shortx", "crv": "P-256", "x": b(&[1; 31]), "y": b(&[1; 32])}),
+            serde_json::json!({"kty": "RSA", "kid": "noN"}),
+            rsa_jwk("ok", 2048, None),
+            rsa_jwk("ok", 4096, None),
+        ]);
+        assert_eq!(set.len(), 1);
+        assert!(set.get("ok").is_some());
+        assert!(set.get("h").is_none());
+        assert!(set.get("small").is_none());
+    }
+
+    #[test]
+    fn alg_must_fit_the_key() {
+        let set = parse(vec![
+            rsa_jwk("any", 2048, None),
+            rsa_jwk("rs", 2048, Some("RS256")),
+        ]);
+        let any = set.get("any").unwrap();
+        assert!(any.fits(Algorithm::RS256) && any.fits(Algorithm::PS256));
+        assert!(!any.fits(Algorithm::ES256));
+        let rs = set.get("rs").unwrap();
+        assert!(rs.fits(Algorithm::RS256));
+        assert!(!rs.fits(Algorithm::PS256));
+        // A JWK whose alg contradicts its kty is dropped.
+        assert!(parse(vec![rsa_jwk("x", 2048, Some("ES256"))]).is_empty());
+    }
+
+    #[test]
+    fn identity_is_stable_across_parses() {
+        let a = parse(vec![rsa_jwk("k", 2048, None)]);
+        let b2 = parse(vec![rsa_jwk("k", 2048, None)]);
+        let id = a.get("k").unwrap().id;
+        assert_eq!(id, b2.get("k").unwrap().id);
+        assert!(b2.contains(Some("k"), id));
+        assert!(!b2.contains(Some("other"), id));
+    }
+
+    #[test]
+    fn not_a_jwks_is_an_error() {
+        assert!(KeySet::parse(b"[]").is_err());
+        assert!(KeySet::parse(b"{\"keys\": 3}").is_err());
+    }
+}

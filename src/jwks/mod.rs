@@ -1,0 +1,406 @@
+//! Per-issuer key sets: fetched at start, refreshed in the background, refetched once for an
+//! unknown `kid`, and served stale while the key manager is unreachable.
+//!
+//! Invariants:
+//! - the request path reads the current set through an `ArcSwap` load: no lock, no await,
+//!   unless the token's `kid` is unknown;
+//! - every fetch of one issuer goes through one async mutex (single flight), and fetches
+//!   triggered by unknown kids happen at most once per `min_refetch_interval`; a kid still
+//!   missing after a fetch is remembered (negative cache) for that long;
+//! - a failed fetch never replaces the last good set; that set is used until it is older
+//!   than `max_stale`, after which the issuer's keys count as unavailable (503, not 401).
+
+pub mod keyset;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use http::header;
+use tracing::Instrument as _;
+
+use crate::config::{IssuerConfig, JwksConfig, KeySource};
+use crate::metrics::{FetchResult, IssuerMetrics};
+pub use keyset::{KeySet, VerifyKey};
+
+/// Longest a request may wait for an unknown-kid refetch.
+const REFETCH_WAIT: Duration = Duration::from_secs(5);
+/// Floor for a refresh interval shortened by `Cache-Control: max-age`.
+const MIN_REFRESH: Duration = Duration::from_secs(5);
+/// Bound on remembered missing kids per issuer.
+const NEGATIVE_CACHE_ENTRIES: u64 = 10_000;
+
+/// The set in use, and when it was last confirmed by the key manager.
+struct Loaded {
+    set: Arc<KeySet>,
+    confirmed_at: Instant,
+}
+
+/// Why a key could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyError {
+    /// The issuer's key set holds no key with this kid (after a refetch, or throttled).
+    UnknownKid,
+    /// No usable set: never loaded, older than `max_stale`, or the refetch failed.
+    Unavailable,
+}
+
+struct RefetchState {
+    /// Last fetch triggered by an unknown kid (only these are throttled).
+    last_kid_fetch: Option<Instant>,
+    /// Whether the last fetch of any kind failed.
+    last_failed: bool,
+    etag: Option<String>,
+    jwks_uri: Option<reqwest::Url>,
+}
+
+pub struct IssuerKeys {
+    pub name: String,
+    issuer: String,
+    source: KeySource,
+    cfg: JwksConfig,
+    client: reqwest::Client,
+    current: ArcSwapOption<Loaded>,
+    ever_loaded: AtomicBool,
+    fetch_lock: tokio::sync::Mutex<RefetchState>,
+    missing_kids: moka::sync::Cache<String, ()>,
+    metrics: IssuerMetrics,
+}
+
+impl IssuerKeys {
+    pub fn new(
+        issuer: &IssuerConfig,
+        cfg: &JwksConfig,
+        metrics: IssuerMetrics,
+    ) -> Result<IssuerKeys, String> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("jwtgate/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::limited(3));
+        if let Some(path) = &issuer.ca_file {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("HTTP client for issuer {}: {e}", issuer.name))?;
+        Ok(IssuerKeys {
+            name: issuer.name.clone(),
+            issuer: issuer.issuer.clone(),
+            source: issuer.keys.clone(),
+            cfg: cfg.clone(),
+            client,
+            current: ArcSwapOption::empty(),
+            ever_loaded: AtomicBool::new(false),
+            fetch_lock: tokio::sync::Mutex::new(RefetchState {
+                last_kid_fetch: None,
+                last_failed: false,
+                etag: None,
+                jwks_uri: match &issuer.keys {
+                    KeySource::JwksUri(u) => Some(u.clone()),
+                    KeySource::DiscoveryUrl(_) => None,
+                },
+            }),
+            missing_kids: moka::sync::Cache::builder()
+                .max_capacity(NEGATIVE_CACHE_ENTRIES)
+                .time_to_live(cfg.min_refetch_interval)
+                .build(),
+            metrics,
+        })
+    }
+
+    /// Whether a key set was ever loaded (readiness).
+    pub fn has_keys(&self) -> bool {
+        self.ever_loaded.load(Ordering::Acquire)
+    }
+
+    /// The current usable set, or `Unavailable` if none was loaded or it is too stale.
+    pub fn current(&self) -> Result<Arc<KeySet>, KeyError> {
+        let guard = self.current.load();
+        match guard.as_ref() {
+            Some(l) if l.confirmed_at.elapsed() <= self.cfg.max_stale => Ok(l.set.clone()),
+            _ => Err(KeyError::Unavailable),
+        }
+    }
+
+    /// The key for `kid`, waiting for one shared, rate-limited refetch if it is unknown.
+    pub async fn key_for_unknown_kid(&self, kid: &str) -> Result<Arc<VerifyKey>, KeyError> {
+        if self.missing_kids.contains_key(kid) {
+            return Err(KeyError::UnknownKid);
+        }
+        let wait = async {
+            let mut state = self.fetch_lock.lock().await;
+            // Someone else's fetch may have brought it while we waited.
+            if let Some(k) = self.current()?.get(kid) {
+                return Ok(k.clone());
+            }
+            let throttled = state
+                .last_kid_fetch
+                .is_some_and(|t| t.elapsed() < self.cfg.min_refetch_interval);
+            if !throttled {
+                state.last_kid_fetch = Some(Instant::now());
+                // The result is reflected in `state.last_failed` and the current set.
+                let _ = self.fetch_locked(&mut state, "unknown_kid").await;
+            }
+            match self.current()?.get(kid) {
+                Some(k) => Ok(k.clone()),
+                None if state.last_failed => Err(KeyError::Unavailable),
+                None => {
+                    self.missing_kids.insert(kid.to_owned(), ());
+                    Err(KeyError::UnknownKid)
+                }
+            }
+        };
+        tokio::time::timeout(REFETCH_WAIT, wait)
+            .await
+            .unwrap_or(Err(KeyError::Unavailable))
+    }
+
+    /// Background refresh loop: first fetch at once, then every `refresh_interval`
+    /// (shortened by `Cache-Control: max-age`), with jittered backoff after failures.
+    pub fn spawn_refresh(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let span = tracing::info_span!("jwks", issuer = %self.name);
+        tokio::spawn(
+            async move {
+                let mut failures: u32 = 0;
+                loop {
+                    let result = {
+                        let mut state = self.fetch_lock.lock().await;
+                        self.fetch_locked(&mut state, "refresh").await
+                    };
+                    let delay = match result {
+                        Ok(max_age) => {
+                            failures = 0;
+                            let base = self.cfg.refresh_interval;
+                            max_age.map_or(base, |m| m.clamp(MIN_REFRESH.min(base), base))
+                        }
+                        Err(()) => {
+                            failures = failures.saturating_add(1);
+                            backoff(failures, self.cfg.refresh_interval)
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    /// One fetch under the lock: updates the set, metrics and logs. Returns the
+    /// `Cache-Control: max-age`, if any.
+    async fn fetch_locked(
+        &self,
+        state: &mut RefetchState,
+        why: &'static str,
+    ) -> Result<Option<Duration>, ()> {
+        match self.fetch(state).await {
+            Ok((outcome, max_age)) => {
+                state.last_failed = false;
+                let now = Instant::now();
+                match outcome {
+                    Fetched::New(set) => {
+                        tracing::info!(why, keys = set.len(), "JWKS loaded");
+                        self.metrics.keys.set(set.len() as i64);
+                        self.current.store(Some(Arc::new(Loaded {
+                            set: Arc::new(set),
+                            confirmed_at: now,
+                        })));
+                        self.metrics.fetch(FetchResult::Ok);
+                    }
+                    Fetched::NotModified => {
+                        if let Some(old) = self.current.load_full() {
+                            self.current.store(Some(Arc::new(Loaded {
+                                set: old.set.clone(),
+                                confirmed_at: now,
+                            })));
+                        }
+                        self.metrics.fetch(FetchResult::NotModified);
+                    }
+                }
+                self.ever_loaded.store(true, Ordering::Release);
+                self.metrics.last_success.set(unix_now());
+                Ok(max_age)
+            }
+            Err(error) => {
+                state.last_failed = true;
+                self.metrics.fetch(FetchResult::Error);
+                let held = self.current.load().is_some();
+                tracing::warn!(why, %error, keeping_last_good_set = held, "JWKS fetch failed");
+                Err(())
+            }
+        }
+    }
+
+    async fn fetch(&self, state: &mut RefetchState) -> Result<(Fetched, Option<Duration>), String> {
+        let uri = match &state.jwks_uri {
+            Some(u) => u.clone(),
+            None => {
+                let u = self.discover().await?;
+                state.jwks_uri = Some(u.clone());
+                u
+            }
+        };
+        let mut req = self.client.get(uri);
+        if self.current.load().is_some() {
+            if let Some(tag) = &state.etag {
+                req = req.header(header::IF_NONE_MATCH, tag.as_str());
+            }
+        }
+        let resp = req.send().await.map_err(describe)?;
+        let max_age = max_age(resp.headers());
+        if resp.status() == reqwest::StatusCode::NOT_MODIFIED && self.current.load().is_some() {
+            return Ok((Fetched::NotModified, max_age));
+        }
+        if !resp.status().is_success() {
+            return Err(format!(
+                "JWKS endpoint answered HTTP {}",
+                resp.status().as_u16()
+            ));
+        }
+        let etag = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_capped(resp, keyset::MAX_JWKS_BYTES).await?;
+        let set = KeySet::parse(&body)?;
+        if set.is_empty() {
+            return Err("JWKS holds no usable key (see debug log for each key)".into());
+        }
+        state.etag = etag;
+        Ok((Fetched::New(set), max_age))
+    }
+
+    async fn discover(&self) -> Result<reqwest::Url, String> {
+        let KeySource::DiscoveryUrl(url) = &self.source else {
+            return Err("no JWKS URI".into());
+        };
+        #[derive(serde::Deserialize)]
+        struct Discovery {
+            issuer: String,
+            jwks_uri: String,
+        }
+        let resp = self
+            .client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(describe)?;
+        if !resp.status().is_success() {
+            return Err(format!(
+                "discovery answered HTTP {}",
+                resp.status().as_u16()
+            ));
+        }
+        let body = read_capped(resp, keyset::MAX_JWKS_BYTES).await?;
+        let doc: Discovery = serde_json::from_slice(&body)
+            .map_err(|e| format!("discovery document unreadable ({e})"))?;
+        if doc.issuer != self.issuer {
+            return Err("discovery document names a different issuer than the config".into());
+        }
+        let uri = reqwest::Url::parse(&doc.jwks_uri)
+            .map_err(|e| format!("discovery jwks_uri is not a URL ({e})"))?;
+        if !matches!(uri.scheme(), "http" | "https") {
+            return Err("discovery jwks_uri is not http(s)".into());
+        }
+        Ok(uri)
+    }
+}
+
+enum Fetched {
+    New(KeySet),
+    NotModified,
+}
+
+fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "cannot connect".into()
+    } else {
+        // reqwest's Display names the URL and the cause; no secrets are in JWKS URLs.
+        e.to_string()
+    }
+}
+
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(describe)? {
+        if body.len() + chunk.len() > cap {
+            return Err(format!("body larger than {cap} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::CACHE_CONTROL)?.to_str().ok()?;
+    value.split(',').find_map(|d| {
+        let d = d.trim();
+        let (name, v) = d.split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("max-age") {
+            v.trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+                .map(Duration::from_secs)
+        } else {
+            None
+        }
+    })
+}
+
+/// 1 s, 2 s, 4 s … capped at min(refresh, 60 s), with ±20 % jitter.
+fn backoff(failures: u32, refresh: Duration) -> Duration {
+    let cap = refresh
+        .min(Duration::from_secs(60))
+        .max(Duration::from_secs(1));
+    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(cap);
+    let mut r = [0u8; 2];
+    let _ = aws_lc_rs::rand::fill(&mut r);
+    let jitter = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) * 0.4 + 0.8;
+    base.mul_f64(jitter)
+}
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CACHE_CONTROL,
+            "public, max-age=120".parse().unwrap(),
+        );
+        assert_eq!(max_age(&h), Some(Duration::from_secs(120)));
+        h.insert(header::CACHE_CONTROL, "no-cache".parse().unwrap());
+        assert_eq!(max_age(&h), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let r = Duration::from_secs(300);
+        assert!(backoff(1, r) <= Duration::from_millis(1200));
+        assert!(backoff(3, r) >= Duration::from_millis(3200));
+        assert!(backoff(30, r) <= Duration::from_secs(72));
+        assert!(backoff(30, Duration::from_secs(2)) <= Duration::from_millis(2400));
+    }
+}

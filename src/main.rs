@@ -1,0 +1,208 @@
+//! The `jwtgate` command: parse arguments, load config, run the chosen command.
+//! Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use jwtgate::App;
+use jwtgate::config::Config;
+
+/// Exit code for a bad config or bad usage (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "jwtgate",
+    version,
+    about = "JWT-validating reverse-proxy sidecar"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Config file (TOML).
+        #[arg(long, env = "JWTGATE_CONFIG")]
+        config: PathBuf,
+        /// Override [server] listen.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Override [server] admin_listen.
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
+        /// Override [upstream] url.
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Validate a config and print the effective config; exit 64 listing every problem.
+    Check {
+        #[arg(long, env = "JWTGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Zero-setup demo on loopback: key manager, echo upstream, proxy, and curl lines.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format, &cli.command);
+    match cli.command {
+        Command::Check { config } => match load(&config, None, None, None) {
+            Ok(c) => {
+                print!("{}", c.to_effective_toml());
+                eprintln!("config OK: {}", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+            upstream,
+        } => {
+            let config = match load(&config, listen, admin_listen, upstream) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            for i in config.issuers_without_audience_check() {
+                tracing::warn!(issuer = %i.name, "skip_audience_check = true: tokens for any audience of this issuer are accepted");
+            }
+            run(async move {
+                let app = App::bind(config).await?;
+                app.run(shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+        Command::Dev {
+            listen,
+            admin_listen,
+        } => run(jwtgate::devkm::run_dev(
+            jwtgate::devkm::DevOptions {
+                listen,
+                admin_listen,
+            },
+            shutdown_signal(),
+        )),
+    }
+}
+
+/// Loads the config and applies the command-line overrides; errors go to stderr, exit 64.
+fn load(
+    path: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+    admin_listen: Option<std::net::SocketAddr>,
+    upstream: Option<String>,
+) -> Result<Config, ExitCode> {
+    let env = |name: &str| std::env::var(name).ok();
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "config error: --config: cannot read {}: {e}",
+                path.display()
+            );
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if let Some(url) = upstream {
+        text = jwtgate::config::override_key(&text, "upstream", "url", &url);
+    }
+    match Config::from_toml_str(&text, &env) {
+        Ok(mut c) => {
+            if let Some(a) = listen {
+                c.server.listen = a;
+            }
+            if let Some(a) = admin_listen {
+                c.server.admin_listen = a;
+            }
+            Ok(c)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "jwtgate failed");
+            eprintln!("jwtgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn init_logs(format: LogFormat, command: &Command) {
+    let default = if matches!(command, Command::Dev { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
