@@ -1,0 +1,453 @@
+//! Test harness: real servers on 127.0.0.1:0.
+//! - `KeyServer`: a JWKS endpoint the test can rotate, take down, and whose hits it counts;
+//! - `Upstream`: records every request that reached it (headers, body, trailers);
+//! - `Harness`: jwtgate itself, built in-process from a TOML config, with a shutdown trigger.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use jwtgate::App;
+use jwtgate::auth::Clock;
+use jwtgate::config::Config;
+use jwtgate::devkm::DevKey;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub const AUD: &str = "api://orders";
+
+type Handler = Arc<
+    dyn Fn(
+            Request<Incoming>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Serves `handler` (HTTP/1.1 and h2) on a fresh loopback port.
+pub async fn serve(handler: Handler) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn json_resp(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r
+}
+
+/// A JWKS endpoint (and OIDC discovery document) under test control.
+pub struct KeyServer {
+    pub addr: SocketAddr,
+    state: Arc<KeyServerState>,
+}
+
+struct KeyServerState {
+    jwks: Mutex<Value>,
+    hits: AtomicUsize,
+    down: AtomicBool,
+    issuer: Mutex<String>,
+}
+
+impl KeyServer {
+    pub async fn start(jwks: Value) -> KeyServer {
+        let state = Arc::new(KeyServerState {
+            jwks: Mutex::new(jwks),
+            hits: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            issuer: Mutex::new(String::new()),
+        });
+        let s = state.clone();
+        let (addr, _task) = serve(Arc::new(move |req: Request<Incoming>| {
+            let s = s.clone();
+            Box::pin(async move {
+                if req.uri().path() == "/.well-known/openid-configuration" {
+                    let issuer = s.issuer.lock().unwrap().clone();
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    return json_resp(
+                        StatusCode::OK,
+                        &json!({"issuer": issuer, "jwks_uri": format!("http://{host}/jwks")}),
+                    );
+                }
+                s.hits.fetch_add(1, Ordering::SeqCst);
+                if s.down.load(Ordering::SeqCst) {
+                    return json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "down"}));
+                }
+                let body = s.jwks.lock().unwrap().clone();
+                json_resp(StatusCode::OK, &body)
+            })
+        }))
+        .await;
+        KeyServer { addr, state }
+    }
+
+    pub fn jwks_uri(&self) -> String {
+        format!("http://{}/jwks", self.addr)
+    }
+
+    pub fn set_jwks(&self, jwks: Value) {
+        *self.state.jwks.lock().unwrap() = jwks;
+    }
+
+    pub fn set_issuer(&self, issuer: &str) {
+        *self.state.issuer.lock().unwrap() = issuer.to_owned();
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// JWKS requests so far (discovery not counted).
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// What reached the upstream.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+/// An upstream that records every request and answers 200 `ok` (after `delay`, if set).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    delay_ms: Arc<AtomicUsize>,
+    /// Signalled when the first body chunk of a request arrives (streaming test).
+    pub first_chunk: Arc<tokio::sync::Notify>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let delay_ms = Arc::new(AtomicUsize::new(0));
+        let first_chunk = Arc::new(tokio::sync::Notify::new());
+        let (s, d, f) = (seen.clone(), delay_ms.clone(), first_chunk.clone());
+        let (addr, _task) = serve(Arc::new(move |req: Request<Incoming>| {
+            let (s, d, f) = (s.clone(), d.clone(), f.clone());
+            Box::pin(async move {
+                let (parts, mut body) = req.into_parts();
+                let mut data = Vec::new();
+                let mut trailers = None;
+                while let Some(Ok(frame)) = body.frame().await {
+                    match frame.into_data() {
+                        Ok(chunk) => {
+                            if data.is_empty() && !chunk.is_empty() {
+                                f.notify_one();
+                            }
+                            data.extend_from_slice(&chunk);
+                        }
+                        Err(frame) => trailers = frame.into_trailers().ok(),
+                    }
+                }
+                s.lock().unwrap().push(Seen {
+                    method: parts.method.to_string(),
+                    uri: parts.uri.to_string(),
+                    version: parts.version,
+                    headers: parts.headers,
+                    body: Bytes::from(data),
+                    trailers,
+                });
+                let delay = d.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+                }
+                Response::new(Full::new(Bytes::from_static(b"ok")))
+            })
+        }))
+        .await;
+        Upstream {
+            addr,
+            seen,
+            delay_ms,
+            first_chunk,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request reached the upstream")
+    }
+
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms
+            .store(d.as_millis() as usize, Ordering::SeqCst);
+    }
+}
+
+/// A clock the test sets.
+pub struct ManualClock(pub std::sync::atomic::AtomicI64);
+
+impl Clock for ManualClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// jwtgate under test, with its key server and upstream.
+pub struct Harness {
+    pub keys: KeyServer,
+    pub upstream: Upstream,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub issuer: String,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub struct Options {
+    /// Extra TOML lines inside the `[[issuers]]` table.
+    pub issuer_extra: String,
+    /// Extra TOML appended after everything (sections).
+    pub extra: String,
+    pub upstream_url: Option<String>,
+    pub clock: Option<Arc<dyn Clock>>,
+    pub wait_ready: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            issuer_extra: String::new(),
+            extra: String::new(),
+            upstream_url: None,
+            clock: None,
+            wait_ready: true,
+        }
+    }
+}
+
+impl Harness {
+    pub async fn start(jwks: Value) -> Harness {
+        Harness::start_with(jwks, Options::default()).await
+    }
+
+    pub async fn start_with(jwks: Value, opts: Options) -> Harness {
+        let keys = KeyServer::start(jwks).await;
+        let upstream = Upstream::start().await;
+        let issuer = format!("http://{}/oauth2/token", keys.addr);
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_delay_s = 0
+[upstream]
+url = "{upstream}"
+request_timeout_ms = 2000
+[[issuers]]
+name = "test-km"
+issuer = "{issuer}"
+audiences = ["{AUD}"]
+algorithms = ["RS256", "PS256", "ES256", "ES384", "EdDSA"]
+leeway_s = 30
+{issuer_extra}
+{keys_line}
+[jwks]
+min_refetch_interval_s = 2
+{extra}
+"#,
+            upstream = opts
+                .upstream_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", upstream.addr)),
+            issuer_extra = opts.issuer_extra,
+            keys_line = if opts.issuer_extra.contains("discovery_url") {
+                String::new()
+            } else {
+                format!("jwks_uri = \"{}\"", keys.jwks_uri())
+            },
+            extra = opts.extra,
+        );
+        let config =
+            Config::from_toml_str(&text, &|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        Harness::launch(keys, upstream, issuer, config, opts).await
+    }
+
+    async fn launch(
+        keys: KeyServer,
+        upstream: Upstream,
+        issuer: String,
+        config: Config,
+        opts: Options,
+    ) -> Harness {
+        let mut app = App::bind(config).await.unwrap();
+        if let Some(clock) = opts.clock {
+            app = app.with_clock(clock);
+        }
+        let (proxy, admin) = (app.proxy_addr(), app.admin_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run(async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        let h = Harness {
+            keys,
+            upstream,
+            proxy,
+            admin,
+            issuer,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        if opts.wait_ready {
+            h.wait_ready().await;
+        }
+        h
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.readyz().await == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("jwtgate did not become ready");
+    }
+
+    pub async fn readyz(&self) -> u16 {
+        self.http
+            .get(format!("http://{}/readyz", self.admin))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    /// Starts the shutdown sequence (what SIGTERM does in `main`).
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    /// Standard valid claims for this harness's issuer.
+    pub fn claims(&self) -> Value {
+        let n = now();
+        json!({
+            "iss": self.issuer, "sub": "alice", "aud": AUD, "client_id": "app-1",
+            "iat": n - 10, "nbf": n - 10, "exp": n + 600, "jti": format!("jti-{n}-{}", rand_u64()),
+        })
+    }
+
+    pub async fn get(&self, token: &str) -> reqwest::Response {
+        self.http
+            .get(self.url("/api/orders?x=1"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn status(&self, token: &str) -> u16 {
+        self.get(token).await.status().as_u16()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Value of one series, e.g. `jwtgate_rejections_total{reason="expired"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// A JWKS of these keys, each with `alg` when given.
+pub fn jwks_of(keys: &[(&DevKey, Option<jwtgate::config::Algorithm>)]) -> Value {
+    json!({"keys": keys.iter().map(|(k, a)| k.public_jwk(*a)).collect::<Vec<_>>()})
+}
