@@ -258,6 +258,8 @@ pub struct Options {
     pub upstream_url: Option<String>,
     pub clock: Option<Arc<dyn Clock>>,
     pub wait_ready: bool,
+    /// Start with the key server answering 503.
+    pub keys_down: bool,
 }
 
 impl Default for Options {
@@ -268,6 +270,7 @@ impl Default for Options {
             upstream_url: None,
             clock: None,
             wait_ready: true,
+            keys_down: false,
         }
     }
 }
@@ -279,6 +282,7 @@ impl Harness {
 
     pub async fn start_with(jwks: Value, opts: Options) -> Harness {
         let keys = KeyServer::start(jwks).await;
+        keys.set_down(opts.keys_down);
         let upstream = Upstream::start().await;
         let issuer = format!("http://{}/oauth2/token", keys.addr);
         let text = format!(
