@@ -7,15 +7,15 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Always connection-specific; never forwarded in either direction.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Always connection-specific; never forwarded in either direction. (`Trailer` is not one:
+/// it announces end-to-end trailer fields, and hyper sends only announced trailers.)
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-    header::TRAILER,
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
 ];
@@ -29,6 +29,7 @@ pub fn is_reserved(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
         || [
             header::HOST,
+            header::TRAILER,
             header::AUTHORIZATION,
             header::CONTENT_LENGTH,
             header::CONTENT_TYPE,

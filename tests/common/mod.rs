@@ -260,6 +260,7 @@ pub struct Options {
     pub wait_ready: bool,
     /// Start with the key server answering 503.
     pub keys_down: bool,
+    pub shutdown_delay_s: u64,
 }
 
 impl Default for Options {
@@ -271,6 +272,7 @@ impl Default for Options {
             clock: None,
             wait_ready: true,
             keys_down: false,
+            shutdown_delay_s: 0,
         }
     }
 }
@@ -290,7 +292,7 @@ impl Harness {
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
-shutdown_delay_s = 0
+shutdown_delay_s = {shutdown_delay}
 [upstream]
 url = "{upstream}"
 request_timeout_ms = 2000
@@ -317,6 +319,7 @@ min_refetch_interval_s = 2
                 format!("jwks_uri = \"{}\"", keys.jwks_uri())
             },
             extra = opts.extra,
+            shutdown_delay = opts.shutdown_delay_s,
         );
         let config =
             Config::from_toml_str(&text, &|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));

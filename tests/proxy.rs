@@ -1,0 +1,385 @@
+//! Proxying through real sockets: header hygiene, streaming, upstream failures, HTTP/2,
+//! limits, upgrades, and the shutdown sequence.
+
+mod common;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::HeaderMap;
+use http_body::Frame;
+use jwtgate::devkm::DevKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A request body fed by the test, frame by frame.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Frame<Bytes>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+async fn h1_client(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<ChannelBody> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn setup() -> (Harness, DevKey) {
+    let key = DevKey::p256("k");
+    let h = Harness::start(jwks_of(&[(&key, None)])).await;
+    (h, key)
+}
+
+#[tokio::test]
+async fn identity_headers_cannot_be_forged_or_dropped() {
+    let (h, key) = setup().await;
+    let token = key.token(&h.claims());
+    let payload = token.split('.').nth(1).unwrap().to_owned();
+    let resp = h
+        .http
+        .get(h.url("/p"))
+        .bearer_auth(&token)
+        .header("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9")
+        .header("x-jwt-payload", "second-copy")
+        .header("connection", "x-jwt-payload, x-forwarded-for, x-secret")
+        .header("x-secret", "hop")
+        .header("x-forwarded-for", "10.9.9.9")
+        .header("proxy-authorization", "Basic abc")
+        .header("x-app", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last();
+    let claims: Vec<_> = seen.headers.get_all("x-jwt-payload").iter().collect();
+    assert_eq!(
+        claims,
+        vec![payload.as_str()],
+        "exactly jwtgate's claims header"
+    );
+    assert!(
+        !seen.headers.contains_key("x-secret"),
+        "Connection-named header removed"
+    );
+    assert!(!seen.headers.contains_key("proxy-authorization"));
+    assert_eq!(seen.headers["x-app"], "kept");
+    // Connection named X-Forwarded-For, so the client's copy went; jwtgate's own remains.
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], h.proxy.to_string());
+    assert_eq!(seen.headers["host"], h.proxy.to_string());
+}
+
+#[tokio::test]
+async fn forwarded_for_is_appended() {
+    let (h, key) = setup().await;
+    let token = key.token(&h.claims());
+    h.http
+        .get(h.url("/p"))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        h.upstream.last().headers["x-forwarded-for"],
+        "203.0.113.7, 127.0.0.1"
+    );
+}
+
+#[tokio::test]
+async fn authorization_is_stripped_when_configured() {
+    let key = DevKey::p256("k");
+    let h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            extra: "[forward]\nstrip_authorization = true\nclaims_header = \"x-claims\"\n".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = key.token(&h.claims());
+    assert_eq!(h.status(&token).await, 200);
+    let seen = h.upstream.last();
+    assert!(!seen.headers.contains_key("authorization"));
+    assert_eq!(seen.headers["x-claims"], token.split('.').nth(1).unwrap());
+}
+
+#[tokio::test]
+async fn body_streams_and_claims_header_is_dropped_from_trailers() {
+    let (h, key) = setup().await;
+    let token = key.token(&h.claims());
+    let mut send = h1_client(h.proxy).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let req = http::Request::post("/upload")
+        .header("host", "api.example")
+        .header("authorization", format!("Bearer {token}"))
+        .header("te", "trailers")
+        .header("trailer", "x-jwt-payload, x-checksum")
+        .body(ChannelBody(rx))
+        .unwrap();
+    let first_chunk = h.upstream.first_chunk.clone();
+    let waiter = tokio::spawn(async move { first_chunk.notified().await });
+    let resp = tokio::spawn(send.send_request(req));
+    tx.send(Frame::data(Bytes::from_static(b"first-")))
+        .await
+        .unwrap();
+    // The upstream must see the first chunk while the client still holds the last one.
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("upstream saw the first chunk before the client sent the last")
+        .unwrap();
+    tx.send(Frame::data(Bytes::from_static(b"last")))
+        .await
+        .unwrap();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-jwt-payload", "forged".parse().unwrap());
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    tx.send(Frame::trailers(trailers)).await.unwrap();
+    drop(tx);
+    let resp = resp.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last();
+    assert_eq!(&seen.body[..], b"first-last");
+    let t = seen.trailers.expect("trailers forwarded");
+    assert_eq!(t["x-checksum"], "abc");
+    assert!(
+        !t.contains_key("x-jwt-payload"),
+        "claims header copy in trailers dropped"
+    );
+    assert_eq!(seen.headers["x-forwarded-host"], "api.example");
+}
+
+#[tokio::test]
+async fn rejected_request_body_never_reaches_the_upstream() {
+    let (h, _key) = setup().await;
+    let resp = h
+        .http
+        .post(h.url("/upload"))
+        .bearer_auth("not.a.token")
+        .body(vec![b'x'; 256 * 1024])
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), 401);
+    }
+    assert_eq!(h.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn upstream_refused_is_502_and_timeout_is_504() {
+    let key = DevKey::p256("k");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            upstream_url: Some(format!("http://{closed}")),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_eq!(h.status(&key.token(&h.claims())).await, 502);
+    assert_eq!(
+        h.metric(r#"jwtgate_upstream_errors_total{kind="connect"}"#)
+            .await,
+        1.0
+    );
+
+    let (h, key) = setup().await;
+    h.upstream.set_delay(Duration::from_millis(3000)); // request_timeout_ms = 2000
+    assert_eq!(h.status(&key.token(&h.claims())).await, 504);
+    assert_eq!(
+        h.metric(r#"jwtgate_upstream_errors_total{kind="timeout"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let (h, key) = setup().await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = client
+        .get(h.url("/h2"))
+        .bearer_auth(key.token(&h.claims()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.headers["host"], h.proxy.to_string());
+
+    let resp = client.get(h.url("/h2")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(h.upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431() {
+    let (h, key) = setup().await;
+    let resp = h
+        .http
+        .get(h.url("/big"))
+        .bearer_auth(key.token(&h.claims()))
+        .header("x-big", "a".repeat(70_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(h.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn upgrade_passes_through_for_valid_tokens_only() {
+    let key = DevKey::p256("k");
+    // An upstream that accepts `Upgrade: echo` and echoes bytes afterwards.
+    let (up_addr, _t) = serve(std::sync::Arc::new(
+        |mut req: http::Request<hyper::body::Incoming>| {
+            Box::pin(async move {
+                let on = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    if let Ok(up) = on.await {
+                        let mut io = hyper_util::rt::TokioIo::new(up);
+                        let mut buf = [0u8; 64];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+                let mut r = http::Response::new(http_body_util::Full::new(Bytes::new()));
+                *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+                r.headers_mut()
+                    .insert("connection", "upgrade".parse().unwrap());
+                r
+            }) as Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        },
+    ))
+    .await;
+    let h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            upstream_url: Some(format!("http://{up_addr}")),
+            ..Options::default()
+        },
+    )
+    .await;
+
+    let handshake = |auth: String| {
+        format!("GET /ws HTTP/1.1\r\nHost: x\r\n{auth}Connection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+    };
+    let mut tcp = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+    let token = key.token(&h.claims());
+    tcp.write_all(handshake(format!("Authorization: Bearer {token}\r\n")).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+
+    let mut tcp = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+    tcp.write_all(handshake(String::new()).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
+
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn shutdown_fails_readiness_first_serves_during_delay_and_drains() {
+    let key = DevKey::p256("k");
+    let mut h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            shutdown_delay_s: 1,
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = key.token(&h.claims());
+    h.upstream.set_delay(Duration::from_millis(1800));
+    let in_flight = {
+        let (client, url, token) = (reqwest::Client::new(), h.url("/slow"), token.clone());
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.readyz().await, 503, "readiness fails at once");
+    h.upstream.set_delay(Duration::ZERO);
+    let during = reqwest::Client::new()
+        .get(h.url("/during"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(during.status(), 200, "still served during shutdown_delay_s");
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        200,
+        "in-flight request completed"
+    );
+    let task = h.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("jwtgate stopped after draining")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(h.proxy).await.is_err(),
+        "listener closed"
+    );
+}
