@@ -1,0 +1,186 @@
+//! The `jwtgate` binary: config errors (exit 64, every key named, before any port is bound)
+//! and the SIGTERM sequence of a real process.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use jwtgate::devkm::DevKey;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+}
+
+fn write_config(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with(text)
+}
+
+/// A tiny temp-file helper (no extra dependency).
+mod tempfile_path {
+    pub struct TempPath(pub std::path::PathBuf);
+    impl TempPath {
+        pub fn with(text: &str) -> TempPath {
+            let mut b = [0u8; 8];
+            aws_lc_rs::rand::fill(&mut b).unwrap();
+            let p = std::env::temp_dir().join(format!("jwtgate-test-{}.toml", u64::from_le_bytes(b)));
+            std::fs::write(&p, text).unwrap();
+            TempPath(p)
+        }
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+const BAD: &str = r#"
+[server]
+listen = "not-an-address"
+[upstream]
+url = "ftp://x"
+timeout_ms = 5
+[[issuers]]
+issuer = "https://km.example.com/oauth2/token"
+jwks_uri = "${JWTGATE_TEST_UNSET_VARIABLE}"
+algorithms = ["HS256"]
+"#;
+
+#[test]
+fn check_reports_every_problem_and_exits_64() {
+    let cfg = write_config(BAD);
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&cfg.0)
+        .env_remove("JWTGATE_TEST_UNSET_VARIABLE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "server.listen",
+        "upstream.timeout_ms",
+        "issuers[0].jwks_uri: environment variable JWTGATE_TEST_UNSET_VARIABLE is not set",
+        "issuers[0].audiences",
+        "issuers[0].algorithms",
+    ] {
+        assert!(err.contains(key), "missing {key:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_prints_the_effective_config() {
+    let cfg = write_config(
+        r#"
+[upstream]
+url = "http://127.0.0.1:8081"
+[[issuers]]
+issuer = "https://km.example.com/oauth2/token"
+jwks_uri = "https://km.example.com/oauth2/jwks"
+skip_audience_check = true
+"#,
+    );
+    let out = bin().args(["check", "--config"]).arg(&cfg.0).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("max_token_bytes = 8192"), "{stdout}");
+    assert!(stdout.contains("name = \"km.example.com\""), "{stdout}");
+}
+
+#[test]
+fn serve_rejects_bad_config_before_binding_any_port() {
+    // Hold the port: if jwtgate tried to bind before validating it would fail differently.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap();
+    let cfg = write_config(BAD);
+    let out = bin()
+        .args(["serve", "--listen", &port.to_string(), "--config"])
+        .arg(&cfg.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+}
+
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_then_serves_for_the_delay_then_exits() {
+    let key = DevKey::rsa("k");
+    let keys = KeyServer::start(jwks_of(&[(&key, None)])).await;
+    let upstream = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let issuer = format!("http://{}/oauth2/token", keys.addr);
+    let cfg = write_config(&format!(
+        r#"
+[server]
+shutdown_delay_s = 2
+[upstream]
+url = "http://127.0.0.1:1"
+[[issuers]]
+issuer = "{issuer}"
+jwks_uri = "{}"
+audiences = ["{AUD}"]
+"#,
+        keys.jwks_uri()
+    ));
+    let mut child = bin()
+        .args(["serve", "--log-format", "text", "--config"])
+        .arg(&cfg.0)
+        .args(["--listen", &listen.to_string(), "--admin-listen", &admin.to_string()])
+        .args(["--upstream", &format!("http://{}", upstream.addr)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let ready = |http: reqwest::Client| async move {
+        http.get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready(http.clone()).await != 200 {
+        assert!(Instant::now() < deadline, "not ready in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = now();
+    let token = key.token(&serde_json::json!({
+        "iss": issuer, "aud": AUD, "sub": "s", "iat": n, "exp": n + 60
+    }));
+    let get = || {
+        http.get(format!("http://{listen}/x"))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(get().await.unwrap().status(), 200, "--upstream override applies");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ready(http.clone()).await, 503, "readiness fails at once");
+    assert_eq!(get().await.unwrap().status(), 200, "served during shutdown_delay_s");
+    assert_eq!(upstream.count(), 2);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            assert!(code.success(), "{code:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not exit after the delay");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
