@@ -460,14 +460,10 @@ fn expand_env(
     p: &mut Problems,
 ) {
     match value {
-        toml::Value::String(s) => {
-            if s.contains("${") {
-                match expand_str(s, env) {
-                    Ok(expanded) => *s = expanded,
-                    Err(msg) => p.push(key, msg),
-                }
-            }
-        }
+        toml::Value::String(s) if s.contains("${") => match expand_str(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(msg) => p.push(key, msg),
+        },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 expand_env(&format!("{key}[{i}]"), item, env, p);

@@ -24,7 +24,8 @@ mod tempfile_path {
         pub fn with(text: &str) -> TempPath {
             let mut b = [0u8; 8];
             aws_lc_rs::rand::fill(&mut b).unwrap();
-            let p = std::env::temp_dir().join(format!("jwtgate-test-{}.toml", u64::from_le_bytes(b)));
+            let p =
+                std::env::temp_dir().join(format!("jwtgate-test-{}.toml", u64::from_le_bytes(b)));
             std::fs::write(&p, text).unwrap();
             TempPath(p)
         }
@@ -82,8 +83,17 @@ jwks_uri = "https://km.example.com/oauth2/jwks"
 skip_audience_check = true
 "#,
     );
-    let out = bin().args(["check", "--config"]).arg(&cfg.0).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("max_token_bytes = 8192"), "{stdout}");
     assert!(stdout.contains("name = \"km.example.com\""), "{stdout}");
@@ -100,7 +110,12 @@ fn serve_rejects_bad_config_before_binding_any_port() {
         .arg(&cfg.0)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
 }
 
@@ -134,7 +149,12 @@ audiences = ["{AUD}"]
     let mut child = bin()
         .args(["serve", "--log-format", "text", "--config"])
         .arg(&cfg.0)
-        .args(["--listen", &listen.to_string(), "--admin-listen", &admin.to_string()])
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
         .args(["--upstream", &format!("http://{}", upstream.addr)])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -162,7 +182,11 @@ audiences = ["{AUD}"]
             .bearer_auth(&token)
             .send()
     };
-    assert_eq!(get().await.unwrap().status(), 200, "--upstream override applies");
+    assert_eq!(
+        get().await.unwrap().status(),
+        200,
+        "--upstream override applies"
+    );
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -171,7 +195,11 @@ audiences = ["{AUD}"]
     assert!(status.success());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ready(http.clone()).await, 503, "readiness fails at once");
-    assert_eq!(get().await.unwrap().status(), 200, "served during shutdown_delay_s");
+    assert_eq!(
+        get().await.unwrap().status(),
+        200,
+        "served during shutdown_delay_s"
+    );
     assert_eq!(upstream.count(), 2);
 
     let deadline = Instant::now() + Duration::from_secs(10);

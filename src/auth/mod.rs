@@ -223,21 +223,21 @@ impl Authenticator {
         if now - leeway >= exp {
             return Err(Reject::new(Reason::Expired, "token expired"));
         }
-        if let Some(nbf) = claims.nbf {
-            if nbf.0 > now + leeway {
-                return Err(Reject::new(
-                    Reason::NotYetValid,
-                    "token is not valid yet (nbf)",
-                ));
-            }
+        if let Some(nbf) = claims.nbf
+            && nbf.0 > now + leeway
+        {
+            return Err(Reject::new(
+                Reason::NotYetValid,
+                "token is not valid yet (nbf)",
+            ));
         }
-        if let Some(iat) = claims.iat {
-            if iat.0 > now + leeway {
-                return Err(Reject::new(
-                    Reason::IssuedInFuture,
-                    "token was issued in the future (iat)",
-                ));
-            }
+        if let Some(iat) = claims.iat
+            && iat.0 > now + leeway
+        {
+            return Err(Reject::new(
+                Reason::IssuedInFuture,
+                "token was issued in the future (iat)",
+            ));
         }
         if !issuer.cfg.skip_audience_check
             && !claims

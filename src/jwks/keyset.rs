@@ -56,10 +56,10 @@ impl VerifyKey {
     /// curve must fit, and so must the JWK's `alg` when it has one. An RSA key without
     /// `alg` serves both RS* and PS*.
     pub fn fits(&self, alg: Algorithm) -> bool {
-        if let Some(own) = self.alg {
-            if own != alg {
-                return false;
-            }
+        if let Some(own) = self.alg
+            && own != alg
+        {
+            return false;
         }
         use Algorithm::*;
         match self.kind {
@@ -129,14 +129,14 @@ impl KeySet {
             }
             match parse_key(raw) {
                 Ok(key) => {
-                    if let Some(kid) = &key.kid {
-                        if set.by_kid.contains_key(kid) {
-                            tracing::warn!(
-                                index = i,
-                                "JWKS repeats a kid; the first key with it is kept"
-                            );
-                            continue;
-                        }
+                    if let Some(kid) = &key.kid
+                        && set.by_kid.contains_key(kid)
+                    {
+                        tracing::warn!(
+                            index = i,
+                            "JWKS repeats a kid; the first key with it is kept"
+                        );
+                        continue;
                     }
                     let key = Arc::new(key);
                     if let Some(kid) = &key.kid {
@@ -178,10 +178,10 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
     if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
         return Err("use is not sig".into());
     }
-    if let Some(ops) = &jwk.key_ops {
-        if !ops.iter().any(|o| o == "verify") {
-            return Err("key_ops lacks verify".into());
-        }
+    if let Some(ops) = &jwk.key_ops
+        && !ops.iter().any(|o| o == "verify")
+    {
+        return Err("key_ops lacks verify".into());
     }
     let alg = match jwk.alg.as_deref() {
         None => None,
@@ -242,10 +242,10 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
         alg: None,
         key: DecodingKey::from_secret(&[]),
     };
-    if let Some(a) = alg {
-        if !probe.fits(a) {
-            return Err(format!("alg {} does not fit the key type", a.name()));
-        }
+    if let Some(a) = alg
+        && !probe.fits(a)
+    {
+        return Err(format!("alg {} does not fit the key type", a.name()));
     }
     let id = identity(jwk.kid.as_deref(), &material);
     Ok(VerifyKey {

@@ -251,10 +251,10 @@ impl IssuerKeys {
             }
         };
         let mut req = self.client.get(uri);
-        if self.current.load().is_some() {
-            if let Some(tag) = &state.etag {
-                req = req.header(header::IF_NONE_MATCH, tag.as_str());
-            }
+        if self.current.load().is_some()
+            && let Some(tag) = &state.etag
+        {
+            req = req.header(header::IF_NONE_MATCH, tag.as_str());
         }
         let resp = req.send().await.map_err(describe)?;
         let max_age = max_age(resp.headers());
