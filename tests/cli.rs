@@ -212,3 +212,77 @@ audiences = ["{AUD}"]
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn logs_carry_a_fingerprint_never_the_token() {
+    let key = DevKey::rsa("k");
+    let keys = KeyServer::start(jwks_of(&[(&key, None)])).await;
+    let upstream = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let issuer = format!("http://{}/oauth2/token", keys.addr);
+    let cfg = write_config(&format!(
+        r#"
+[server]
+listen = "{listen}"
+admin_listen = "{admin}"
+shutdown_delay_s = 0
+[upstream]
+url = "http://{}"
+[[issuers]]
+issuer = "{issuer}"
+jwks_uri = "{}"
+audiences = ["{AUD}"]
+"#,
+        upstream.addr,
+        keys.jwks_uri()
+    ));
+    let child = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg.0)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = http.get(format!("http://{admin}/readyz")).send().await;
+        if s.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = now();
+    let mut claims =
+        serde_json::json!({"iss": issuer, "aud": AUD, "sub": "s", "iat": n, "exp": n - 3600});
+    let expired = key.token(&claims);
+    claims["exp"] = (n + 60).into();
+    let valid = key.token(&claims);
+    let tampered = jwtgate::devkm::tamper(&valid);
+    for t in [&expired, &valid, &tampered] {
+        http.get(format!("http://{listen}/x"))
+            .bearer_auth(t)
+            .send()
+            .await
+            .unwrap();
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("\"reason\":\"expired\""), "{logs}");
+    assert!(logs.contains("\"reason\":\"signature\""), "{logs}");
+    for t in [&expired, &valid, &tampered] {
+        let fp = jwtgate::auth::TokenHash::of(t).fingerprint();
+        for part in t.split('.') {
+            assert!(!logs.contains(part), "a token segment was logged");
+        }
+        if t != &valid {
+            assert!(logs.contains(&fp), "fingerprint {fp} missing from the logs");
+        }
+    }
+}

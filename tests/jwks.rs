@@ -283,3 +283,38 @@ algorithms = ["EdDSA"]
     assert_eq!(upstream.count(), 1);
     assert_eq!(keys.hits(), 1, "discovery then one JWKS fetch");
 }
+
+#[tokio::test]
+async fn background_refresh_is_conditional_and_304_keeps_the_keys() {
+    let key = DevKey::rsa("k");
+    let h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            extra: "refresh_interval_s = 1\nmax_stale_s = 60\n".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    h.keys.set_etag("\"v1\"");
+    // The first refresh after this fetches the ETag; the next ones send If-None-Match.
+    for _ in 0..100 {
+        if h.keys.not_modified_hits() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        h.keys.not_modified_hits() >= 1,
+        "If-None-Match was sent and answered 304"
+    );
+    assert!(
+        h.metric(r#"jwtgate_jwks_fetches_total{issuer="test-km",result="not_modified"}"#)
+            .await
+            >= 1.0
+    );
+    assert_eq!(
+        h.metric(r#"jwtgate_jwks_keys{issuer="test-km"}"#).await,
+        1.0
+    );
+    assert_eq!(h.status(&key.token(&h.claims())).await, 200);
+}

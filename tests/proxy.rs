@@ -383,3 +383,79 @@ async fn shutdown_fails_readiness_first_serves_during_delay_and_drains() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn slow_request_heads_are_cut_off() {
+    let key = DevKey::p256("k");
+    let h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            extra: "[limits]\nheader_read_timeout_ms = 300\n".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    // jwtgate closes the connection (possibly after a 408) once the timeout passes.
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(h.upstream.count(), 0);
+}
+
+/// `promtool check metrics` on a real scrape. `.ci/run` installs promtool; outside CI a
+/// machine without it skips this check loudly.
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    let (h, key) = setup().await;
+    h.status(&key.token(&h.claims())).await;
+    h.status("bad").await;
+    let text = h.metrics().await;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: promtool not installed (apt-get install prometheus)");
+            return;
+        }
+        Err(e) => panic!("promtool is required in CI: {e}"),
+    };
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for family in [
+        "jwtgate_requests_total",
+        "jwtgate_rejections_total",
+        "jwtgate_request_duration_seconds_bucket",
+        "jwtgate_token_cache_hits_total",
+        "jwtgate_token_cache_misses_total",
+        "jwtgate_jwks_fetches_total",
+        "jwtgate_jwks_keys",
+        "jwtgate_jwks_last_success_timestamp_seconds",
+        "jwtgate_upstream_errors_total",
+        "jwtgate_ready",
+    ] {
+        assert!(text.contains(&format!("\n{family}")), "{family} missing");
+    }
+}

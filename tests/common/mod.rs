@@ -75,6 +75,8 @@ struct KeyServerState {
     hits: AtomicUsize,
     down: AtomicBool,
     issuer: Mutex<String>,
+    etag: Mutex<Option<String>>,
+    conditional_hits: AtomicUsize,
 }
 
 impl KeyServer {
@@ -84,6 +86,8 @@ impl KeyServer {
             hits: AtomicUsize::new(0),
             down: AtomicBool::new(false),
             issuer: Mutex::new(String::new()),
+            etag: Mutex::new(None),
+            conditional_hits: AtomicUsize::new(0),
         });
         let s = state.clone();
         let (addr, _task) = serve(Arc::new(move |req: Request<Incoming>| {
@@ -106,8 +110,25 @@ impl KeyServer {
                 if s.down.load(Ordering::SeqCst) {
                     return json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "down"}));
                 }
+                let etag = s.etag.lock().unwrap().clone();
+                if let Some(tag) = &etag {
+                    let inm = req
+                        .headers()
+                        .get("if-none-match")
+                        .and_then(|v| v.to_str().ok());
+                    if inm == Some(tag.as_str()) {
+                        s.conditional_hits.fetch_add(1, Ordering::SeqCst);
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = StatusCode::NOT_MODIFIED;
+                        return r;
+                    }
+                }
                 let body = s.jwks.lock().unwrap().clone();
-                json_resp(StatusCode::OK, &body)
+                let mut r = json_resp(StatusCode::OK, &body);
+                if let Some(tag) = etag {
+                    r.headers_mut().insert("etag", tag.parse().unwrap());
+                }
+                r
             })
         }))
         .await;
@@ -124,6 +145,16 @@ impl KeyServer {
 
     pub fn set_issuer(&self, issuer: &str) {
         *self.state.issuer.lock().unwrap() = issuer.to_owned();
+    }
+
+    /// Serve this ETag and answer a matching If-None-Match with 304.
+    pub fn set_etag(&self, tag: &str) {
+        *self.state.etag.lock().unwrap() = Some(tag.to_owned());
+    }
+
+    /// 304 answers so far.
+    pub fn not_modified_hits(&self) -> usize {
+        self.state.conditional_hits.load(Ordering::SeqCst)
     }
 
     pub fn set_down(&self, down: bool) {
