@@ -1,43 +1,62 @@
-//! The admin listener (loopback by default): `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! The admin listener (loopback by default).
 //!
-//! `/readyz` is 200 once every issuer has loaded a key set (a latch: key-manager outages
-//! later do not flap it) and until shutdown begins. Nothing here changes state: the
-//! authenticated POSTs (`/jwks/refresh`, revocation push) need the push token of the
-//! revocation config and answer 404 until it exists.
+//! Read-only and unauthenticated: `GET /healthz`, `GET /readyz`, `GET /metrics`. Everything
+//! that changes state is a POST and authenticated: `/revocations` and `/jwks/refresh` with
+//! the revocation `push_token` (bearer, constant-time comparison), `/internal/data/v1/notify`
+//! with the WSO2 notify Basic credentials. An endpoint whose credential is not configured
+//! answers 404.
+//!
+//! `/readyz` is 200 once every issuer has loaded a key set and the revocation list has been
+//! restored or synced (latches: key-manager outages later do not flap it), until shutdown.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use base64::Engine as _;
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::jwks::IssuerKeys;
-use crate::metrics::Metrics;
+use crate::jwks::{IssuerKeys, ManualRefresh};
+use crate::metrics::{EventResult, Metrics, RevocationSource};
+use crate::revocation::{Revocation, record};
+
+/// Largest push body (`POST /revocations`).
+const MAX_PUSH_BYTES: usize = 16 * 1024 * 1024;
+/// Largest WSO2 notify event.
+const MAX_NOTIFY_BYTES: usize = 1024 * 1024;
 
 /// Readiness inputs shared by the admin listener and the shutdown sequence.
 pub struct Lifecycle {
     shutting_down: AtomicBool,
     issuers: Vec<Arc<IssuerKeys>>,
+    revocation: Option<Arc<Revocation>>,
     metrics: Arc<Metrics>,
 }
 
 impl Lifecycle {
-    pub fn new(issuers: Vec<Arc<IssuerKeys>>, metrics: Arc<Metrics>) -> Lifecycle {
+    pub fn new(
+        issuers: Vec<Arc<IssuerKeys>>,
+        revocation: Option<Arc<Revocation>>,
+        metrics: Arc<Metrics>,
+    ) -> Lifecycle {
         Lifecycle {
             shutting_down: AtomicBool::new(false),
             issuers,
+            revocation,
             metrics,
         }
     }
 
     pub fn ready(&self) -> bool {
         let ready = !self.shutting_down.load(Ordering::Acquire)
-            && self.issuers.iter().all(|i| i.has_keys());
+            && self.issuers.iter().all(|i| i.has_keys())
+            && self.revocation.as_ref().is_none_or(|r| r.is_ready());
         self.metrics.ready.set(i64::from(ready));
         ready
     }
@@ -48,10 +67,16 @@ impl Lifecycle {
     }
 }
 
+pub struct Admin {
+    pub lifecycle: Arc<Lifecycle>,
+    pub metrics: Arc<Metrics>,
+    pub issuers: Vec<Arc<IssuerKeys>>,
+    pub revocation: Option<Arc<Revocation>>,
+}
+
 pub async fn serve(
     listener: TcpListener,
-    lifecycle: Arc<Lifecycle>,
-    metrics: Arc<Metrics>,
+    admin: Arc<Admin>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -66,11 +91,10 @@ pub async fn serve(
             },
             _ = stop.changed() => return,
         };
-        let lifecycle = lifecycle.clone();
-        let metrics = metrics.clone();
+        let admin = admin.clone();
         let svc = hyper::service::service_fn(move |req| {
-            let resp = route(&req, &lifecycle, &metrics);
-            async move { Ok::<_, Infallible>(resp) }
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.route(req).await) }
         });
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
@@ -82,34 +106,198 @@ pub async fn serve(
     }
 }
 
-fn route(
-    req: &Request<Incoming>,
-    lifecycle: &Lifecycle,
-    metrics: &Metrics,
-) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            if lifecycle.ready() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+impl Admin {
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => {
+                if self.lifecycle.ready() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                self.lifecycle.ready();
+                let mut r = text(StatusCode::OK, self.metrics.render());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            (&Method::POST, "/revocations") => self.push(req).await,
+            (&Method::POST, "/internal/data/v1/notify") => self.notify(req).await,
+            (&Method::POST, "/jwks/refresh") => self.jwks_refresh(req).await,
+            (_, "/healthz" | "/readyz" | "/metrics") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+            }
+            (_, "/revocations" | "/internal/data/v1/notify" | "/jwks/refresh") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    /// The push token, if revocation is configured with one.
+    fn push_token(&self) -> Option<&str> {
+        self.revocation
+            .as_ref()
+            .and_then(|r| r.config().push_token.as_ref())
+            .map(|t| t.expose())
+    }
+
+    fn bearer_ok(&self, req: &Request<Incoming>, expected: &str) -> bool {
+        let Some(v) = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+        scheme.eq_ignore_ascii_case("bearer") && constant_eq(token.trim(), expected)
+    }
+
+    async fn push(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (Some(rev), Some(token)) = (&self.revocation, self.push_token()) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "push is not configured (revocation.push_token)\n",
+            );
+        };
+        if !self.bearer_ok(&req, token) {
+            self.metrics
+                .revocation_event(RevocationSource::Push, EventResult::Unauthorized, 1);
+            return unauthorized("Bearer realm=\"jwtgate-admin\"");
+        }
+        let body = match read_json(req, MAX_PUSH_BYTES).await {
+            Ok(v) => v,
+            Err(resp) => return resp,
+        };
+        let Some(list) = body.get("revocations").and_then(Value::as_array) else {
+            self.metrics
+                .revocation_event(RevocationSource::Push, EventResult::Rejected, 1);
+            return bad_request("body must be {\"revocations\": [...]}");
+        };
+        match record::native_all(list) {
+            Ok(records) => {
+                let new = rev.apply(RevocationSource::Push, &records);
+                json_resp(
+                    StatusCode::ACCEPTED,
+                    &json!({"applied": records.len(), "new": new}),
+                )
+            }
+            Err(e) => {
+                self.metrics
+                    .revocation_event(RevocationSource::Push, EventResult::Rejected, 1);
+                bad_request(&format!("{e}; nothing from this body was applied"))
             }
         }
-        (&Method::GET, "/metrics") => {
-            lifecycle.ready();
-            let mut r = text(StatusCode::OK, metrics.render());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
-        (_, "/healthz" | "/readyz" | "/metrics") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+
+    async fn notify(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let Some(rev) = &self.revocation else {
+            return text(StatusCode::NOT_FOUND, "notify is not configured\n");
+        };
+        let Some(creds) = &rev.config().notify else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "notify is not configured (revocation.notify_username)\n",
+            );
+        };
+        if !basic_ok(&req, &creds.username, creds.password.expose()) {
+            self.metrics
+                .revocation_event(RevocationSource::Notify, EventResult::Unauthorized, 1);
+            return unauthorized("Basic realm=\"jwtgate-admin\"");
+        }
+        let body = match read_json(req, MAX_NOTIFY_BYTES).await {
+            Ok(v) => v,
+            Err(resp) => return resp,
+        };
+        match record::wso2_notify(&body) {
+            Ok(record::Notify::Record(r)) => {
+                rev.apply(RevocationSource::Notify, std::slice::from_ref(&r));
+                json_resp(StatusCode::OK, &json!({"applied": 1}))
+            }
+            Ok(record::Notify::Ignored) => {
+                self.metrics
+                    .revocation_event(RevocationSource::Notify, EventResult::Ignored, 1);
+                json_resp(StatusCode::OK, &json!({"applied": 0}))
+            }
+            Err(e) => {
+                self.metrics
+                    .revocation_event(RevocationSource::Notify, EventResult::Rejected, 1);
+                bad_request(&format!("{}; nothing stored", e.message))
+            }
+        }
+    }
+
+    async fn jwks_refresh(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let Some(token) = self.push_token() else {
+            return text(StatusCode::NOT_FOUND, "needs revocation.push_token\n");
+        };
+        if !self.bearer_ok(&req, token) {
+            return unauthorized("Bearer realm=\"jwtgate-admin\"");
+        }
+        let mut results = serde_json::Map::new();
+        let mut all_throttled = true;
+        for keys in &self.issuers {
+            let r = keys.refresh_requested().await;
+            all_throttled &= r == ManualRefresh::Throttled;
+            results.insert(keys.name.clone(), r.label().into());
+        }
+        let status = if all_throttled {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::OK
+        };
+        json_resp(status, &json!({ "issuers": results }))
+    }
+}
+
+async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, Response<Full<Bytes>>> {
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|_| {
+            json_resp(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"error": "invalid_request", "error_description": "body too large"}),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|_| bad_request("body is not JSON"))
+}
+
+/// Constant-time equality (the length is not secret).
+fn constant_eq(a: &str, b: &str) -> bool {
+    #[allow(deprecated)]
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
+
+fn basic_ok(req: &Request<Incoming>, user: &str, pass: &str) -> bool {
+    let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let (scheme, b64) = v.split_once(' ').unwrap_or((v, ""));
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return false;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+        return false;
+    };
+    let Ok(decoded) = String::from_utf8(decoded) else {
+        return false;
+    };
+    let (u, p) = decoded.split_once(':').unwrap_or((&decoded, ""));
+    // Both compared, always, so timing does not tell which one was wrong.
+    constant_eq(u, user) & constant_eq(p, pass)
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -117,7 +305,36 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_resp(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn bad_request(description: &str) -> Response<Full<Bytes>> {
+    json_resp(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": "invalid_request", "error_description": description}),
+    )
+}
+
+fn unauthorized(challenge: &'static str) -> Response<Full<Bytes>> {
+    let mut r = json_resp(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": "unauthorized", "error_description": "missing or wrong credentials"}),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
     );
     r
 }

@@ -144,6 +144,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub limits: LimitsConfig,
     pub forward: ForwardConfig,
+    /// `None` when the file has no `[revocation]` section: revocation is off.
+    pub revocation: Option<RevocationConfig>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -210,6 +212,79 @@ pub struct ForwardConfig {
     #[serde(serialize_with = "ser_display")]
     pub claims_header: HeaderName,
     pub strip_authorization: bool,
+}
+
+/// A secret string: never printed, never in `Debug`, redacted by `jwtgate check`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedFormat {
+    Jwtgate,
+    Wso2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStale {
+    Reject,
+    Allow,
+}
+
+/// A poll source of revocation records.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedConfig {
+    #[serde(serialize_with = "ser_display")]
+    pub url: reqwest::Url,
+    pub format: FeedFormat,
+    /// Basic auth (required for `wso2`).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(serialize_with = "ser_secs")]
+    pub poll_interval: Duration,
+}
+
+/// Basic-auth credentials of the WSO2 key manager's notify events.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotifyConfig {
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RevocationConfig {
+    pub feed: Option<FeedConfig>,
+    pub snapshot_path: Option<PathBuf>,
+    pub push_token: Option<Secret>,
+    pub notify: Option<NotifyConfig>,
+    pub max_token_lifetime_s: u64,
+    #[serde(serialize_with = "ser_secs")]
+    pub max_sync_age: Duration,
+    pub on_stale: OnStale,
+    pub require_jti: bool,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -296,8 +371,34 @@ struct RawForward {
     strip_authorization: bool,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawRevocation {
+    feed_url: Option<String>,
+    feed_format: Option<String>,
+    feed_username: Option<String>,
+    feed_password: Option<String>,
+    ca_file: Option<String>,
+    poll_interval_s: Option<u64>,
+    snapshot_path: Option<String>,
+    push_token: Option<String>,
+    notify_username: Option<String>,
+    notify_password: Option<String>,
+    max_token_lifetime_s: Option<u64>,
+    max_sync_age_s: Option<u64>,
+    on_stale: Option<String>,
+    require_jti: Option<bool>,
+}
+
 const SECTIONS: &[&str] = &[
-    "server", "upstream", "issuers", "jwks", "cache", "limits", "forward",
+    "server",
+    "upstream",
+    "issuers",
+    "jwks",
+    "cache",
+    "limits",
+    "forward",
+    "revocation",
 ];
 
 /// Collects problems while the config is being read.
@@ -354,6 +455,9 @@ impl Config {
         let cache: RawCache = section(&root, "cache", &mut p);
         let limits: RawLimits = section(&root, "limits", &mut p);
         let forward: RawForward = section(&root, "forward", &mut p);
+        let revocation: Option<RawRevocation> = root
+            .contains_key("revocation")
+            .then(|| section(&root, "revocation", &mut p));
         let issuers: Vec<RawIssuer> = match root.get("issuers") {
             None => Vec::new(),
             Some(toml::Value::Array(items)) => items
@@ -377,7 +481,26 @@ impl Config {
             },
             limits: validate_limits(limits, &mut p),
             forward: validate_forward(forward, &mut p),
+            revocation: revocation.map(|r| validate_revocation(r, &mut p)),
         };
+        if let Some(r) = &config.revocation {
+            if r.notify.is_some() && !config.issuers.iter().any(|i| i.profile == Profile::Wso2) {
+                p.push(
+                    "revocation.notify_username",
+                    "WSO2 notify events apply to profile = \"wso2\" issuers only, and none is configured",
+                );
+            }
+            if r.feed
+                .as_ref()
+                .is_some_and(|f| f.format == FeedFormat::Wso2)
+                && !config.issuers.iter().any(|i| i.profile == Profile::Wso2)
+            {
+                p.push(
+                    "revocation.feed_format",
+                    "WSO2 records apply to profile = \"wso2\" issuers only, and none is configured",
+                );
+            }
+        }
         if p.0.is_empty() {
             Ok(config)
         } else {
@@ -390,7 +513,7 @@ impl Config {
         self.issuers.iter().filter(|i| i.skip_audience_check)
     }
 
-    /// The effective config as TOML, for `jwtgate check` (this section set holds no secrets).
+    /// The effective config as TOML, for `jwtgate check`; secrets print as `<redacted>`.
     pub fn to_effective_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -792,6 +915,123 @@ fn validate_limits(raw: RawLimits, p: &mut Problems) -> LimitsConfig {
     }
 }
 
+fn validate_revocation(raw: RawRevocation, p: &mut Problems) -> RevocationConfig {
+    let k = |f: &str| format!("revocation.{f}");
+    let poll_interval_s = raw.poll_interval_s.unwrap_or(10);
+    if poll_interval_s == 0 {
+        p.push(k("poll_interval_s"), "must be greater than 0");
+    }
+    let format = match raw.feed_format.as_deref() {
+        None | Some("jwtgate") => FeedFormat::Jwtgate,
+        Some("wso2") => FeedFormat::Wso2,
+        Some(_) => {
+            p.push(k("feed_format"), "must be \"jwtgate\" or \"wso2\"");
+            FeedFormat::Jwtgate
+        }
+    };
+    let ca_file = raw.ca_file.map(PathBuf::from);
+    if let Some(path) = &ca_file {
+        match std::fs::read(path) {
+            Ok(pem) if reqwest::Certificate::from_pem_bundle(&pem).is_ok() => {}
+            Ok(_) => p.push(
+                k("ca_file"),
+                format!("{} holds no PEM certificate", path.display()),
+            ),
+            Err(e) => p.push(k("ca_file"), format!("cannot read {}: {e}", path.display())),
+        }
+    }
+    let feed = match raw.feed_url {
+        None => {
+            for (set, key) in [
+                (raw.feed_username.is_some(), "feed_username"),
+                (raw.feed_password.is_some(), "feed_password"),
+                (raw.feed_format.is_some(), "feed_format"),
+            ] {
+                if set {
+                    p.push(k(key), "has no effect without revocation.feed_url");
+                }
+            }
+            None
+        }
+        Some(url) => http_url(&k("feed_url"), &url, p).map(|url| {
+            if format == FeedFormat::Wso2
+                && (raw.feed_username.is_none() || raw.feed_password.is_none())
+            {
+                p.push(
+                    k("feed_username"),
+                    "feed_format = \"wso2\" needs feed_username and feed_password (Basic auth)",
+                );
+            }
+            if raw.feed_username.is_some() != raw.feed_password.is_some() {
+                p.push(
+                    k("feed_password"),
+                    "set both feed_username and feed_password, or neither",
+                );
+            }
+            FeedConfig {
+                url,
+                format,
+                username: raw.feed_username.clone(),
+                password: raw.feed_password.clone().map(Secret),
+                ca_file: ca_file.clone(),
+                poll_interval: Duration::from_secs(poll_interval_s),
+            }
+        }),
+    };
+    let push_token = raw.push_token.map(Secret);
+    if push_token
+        .as_ref()
+        .is_some_and(|t| t.0.chars().count() < 16)
+    {
+        p.push(k("push_token"), "must be at least 16 characters");
+    }
+    let notify = match (raw.notify_username, raw.notify_password) {
+        (Some(username), Some(password)) if !username.is_empty() && !password.is_empty() => {
+            Some(NotifyConfig {
+                username,
+                password: Secret(password),
+            })
+        }
+        (None, None) => None,
+        _ => {
+            p.push(
+                k("notify_password"),
+                "set both notify_username and notify_password (non-empty), or neither",
+            );
+            None
+        }
+    };
+    let max_token_lifetime_s = raw.max_token_lifetime_s.unwrap_or(86_400);
+    if max_token_lifetime_s == 0 {
+        p.push(k("max_token_lifetime_s"), "must be greater than 0");
+    }
+    let max_sync_age_s = raw.max_sync_age_s.unwrap_or(300);
+    if feed.is_some() && max_sync_age_s <= poll_interval_s {
+        p.push(
+            k("max_sync_age_s"),
+            "must be greater than poll_interval_s, or every pause between polls would count as stale",
+        );
+    }
+    let on_stale = match raw.on_stale.as_deref() {
+        None | Some("reject") => OnStale::Reject,
+        Some("allow") => OnStale::Allow,
+        Some(_) => {
+            p.push(k("on_stale"), "must be \"reject\" or \"allow\"");
+            OnStale::Reject
+        }
+    };
+    RevocationConfig {
+        feed,
+        snapshot_path: raw.snapshot_path.map(PathBuf::from),
+        push_token,
+        notify,
+        max_token_lifetime_s,
+        max_sync_age: Duration::from_secs(max_sync_age_s),
+        on_stale,
+        require_jti: raw.require_jti.unwrap_or(true),
+    }
+}
+
 fn validate_forward(raw: RawForward, p: &mut Problems) -> ForwardConfig {
     let name = raw
         .claims_header
@@ -913,6 +1153,61 @@ algorithms = ["HS256", "none"]
         );
         let c = Config::from_toml_str(&text, &no_env).unwrap();
         assert_eq!(c.issuers_without_audience_check().count(), 1);
+    }
+
+    #[test]
+    fn revocation_section_is_validated_and_secrets_are_redacted() {
+        let text = format!(
+            "{MINIMAL}\n[revocation]\nfeed_url = \"http://km/revocations\"\npush_token = \"${{TOKEN}}\"\nnotify_username = \"km\"\n"
+        );
+        let env = |_: &str| Some("short".to_owned());
+        let err = Config::from_toml_str(&text, &env).unwrap_err();
+        let keys = keys_of(err.clone());
+        assert!(
+            keys.contains(&"revocation.push_token".to_owned()),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&"revocation.notify_password".to_owned()),
+            "{keys:?}"
+        );
+        assert!(
+            !err.to_string().contains("short"),
+            "a secret value leaked: {err}"
+        );
+
+        let text = format!(
+            "{MINIMAL}\n[revocation]\nfeed_url = \"http://km/revocations\"\npush_token = \"${{TOKEN}}\"\n"
+        );
+        let env = |_: &str| Some("0123456789abcdef-secret".to_owned());
+        let c = Config::from_toml_str(&text, &env).unwrap();
+        let r = c.revocation.as_ref().unwrap();
+        assert_eq!(
+            r.push_token.as_ref().unwrap().expose(),
+            "0123456789abcdef-secret"
+        );
+        assert_eq!(r.on_stale, OnStale::Reject);
+        assert!(r.require_jti);
+        let shown = c.to_effective_toml();
+        assert!(!shown.contains("0123456789abcdef-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+        assert!(!format!("{c:?}").contains("0123456789abcdef-secret"));
+    }
+
+    #[test]
+    fn wso2_feed_needs_credentials_and_a_wso2_issuer() {
+        let text = format!(
+            "{MINIMAL}\n[revocation]\nfeed_url = \"https://cp:9443/internal/data/v1/revokedjwt\"\nfeed_format = \"wso2\"\n"
+        );
+        let keys = keys_of(Config::from_toml_str(&text, &no_env).unwrap_err());
+        assert!(
+            keys.contains(&"revocation.feed_username".to_owned()),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&"revocation.feed_format".to_owned()),
+            "{keys:?}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod devkm;
 pub mod jwks;
 pub mod metrics;
 pub mod proxy;
+pub mod revocation;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::auth::{Authenticator, Clock, Reason, SystemClock};
 use crate::config::Config;
 use crate::jwks::IssuerKeys;
 use crate::metrics::Metrics;
+use crate::revocation::Revocation;
 
 /// Why the app could not start (after the config itself was valid).
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +124,22 @@ impl App {
                     .map_err(StartError::Issuer)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Revocation: the snapshot is restored here, before the first request is served.
+        let revocation = config.revocation.clone().map(|cfg| {
+            let leeway = config
+                .issuers
+                .iter()
+                .map(|i| i.leeway_s as i64)
+                .max()
+                .unwrap_or(0);
+            Arc::new(Revocation::open(
+                cfg,
+                clock.clone(),
+                metrics.clone(),
+                leeway,
+            ))
+        });
+
         let (stop_bg, stop_rx) = tokio::sync::watch::channel(false);
         let mut background: Vec<_> = keys
             .iter()
@@ -131,16 +149,29 @@ impl App {
             metrics.clone(),
             stop_rx.clone(),
         )));
+        if let Some(rev) = &revocation {
+            background.extend(rev.spawn_tasks(stop_rx.clone()));
+        }
 
         let auth = Arc::new(Authenticator::new(&config, &keys, clock, metrics.clone()));
-        let lifecycle = Arc::new(admin::Lifecycle::new(keys.clone(), metrics.clone()));
-        let admin_task = tokio::spawn(admin::serve(
-            admin_listener,
-            lifecycle.clone(),
+        let lifecycle = Arc::new(admin::Lifecycle::new(
+            keys.clone(),
+            revocation.clone(),
             metrics.clone(),
-            stop_rx.clone(),
         ));
-        let proxy = Arc::new(proxy::Proxy::new(&config, auth, metrics.clone()));
+        let admin = Arc::new(admin::Admin {
+            lifecycle: lifecycle.clone(),
+            metrics: metrics.clone(),
+            issuers: keys.clone(),
+            revocation: revocation.clone(),
+        });
+        let admin_task = tokio::spawn(admin::serve(admin_listener, admin, stop_rx.clone()));
+        let proxy = Arc::new(proxy::Proxy::new(
+            &config,
+            auth,
+            revocation.clone(),
+            metrics.clone(),
+        ));
 
         let delay = config.server.shutdown_delay;
         let stop_accepting = {

@@ -9,6 +9,59 @@ use prometheus::{
 };
 
 use crate::auth::Reason;
+use crate::revocation::Kind;
+
+/// Where revocation records come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationSource {
+    NativePoll,
+    Wso2Poll,
+    Push,
+    Notify,
+}
+
+impl RevocationSource {
+    const ALL: [RevocationSource; 4] = [
+        RevocationSource::NativePoll,
+        RevocationSource::Wso2Poll,
+        RevocationSource::Push,
+        RevocationSource::Notify,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            RevocationSource::NativePoll => "native_poll",
+            RevocationSource::Wso2Poll => "wso2_poll",
+            RevocationSource::Push => "push",
+            RevocationSource::Notify => "notify",
+        }
+    }
+}
+
+/// What became of revocation records or events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventResult {
+    Applied,
+    Rejected,
+    Ignored,
+    Unauthorized,
+}
+
+impl EventResult {
+    const ALL: [EventResult; 4] = [
+        EventResult::Applied,
+        EventResult::Rejected,
+        EventResult::Ignored,
+        EventResult::Unauthorized,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            EventResult::Applied => "applied",
+            EventResult::Rejected => "rejected",
+            EventResult::Ignored => "ignored",
+            EventResult::Unauthorized => "unauthorized",
+        }
+    }
+}
 
 /// What happened to a request on the proxy listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +159,14 @@ pub struct Metrics {
     fetches: IntCounterVec,
     keys: IntGaugeVec,
     last_success: IntGaugeVec,
+    revocations: [IntGauge; 3],
+    revocations_pruned: [IntCounter; 3],
+    /// `[source][ok=0 / error=1]`
+    revocation_syncs: Vec<[IntCounter; 2]>,
+    /// `[source][result]`
+    revocation_events: Vec<Vec<IntCounter>>,
+    pub revocation_last_sync: IntGauge,
+    pub revocation_stale: IntGauge,
 }
 
 impl Metrics {
@@ -183,6 +244,56 @@ impl Metrics {
         )
         .expect("static metric definition");
 
+        let revocations = IntGaugeVec::new(
+            Opts::new("jwtgate_revocations", "Revocation records held, by kind."),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let pruned = IntCounterVec::new(
+            Opts::new(
+                "jwtgate_revocations_pruned_total",
+                "Revocation records pruned because nothing they match can still be valid.",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let syncs = IntCounterVec::new(
+            Opts::new(
+                "jwtgate_revocation_syncs_total",
+                "Revocation feed polls by source and result.",
+            ),
+            &["source", "result"],
+        )
+        .expect("static metric definition");
+        let events = IntCounterVec::new(
+            Opts::new(
+                "jwtgate_revocation_events_total",
+                "Revocation records and events received, by source and what became of them.",
+            ),
+            &["source", "result"],
+        )
+        .expect("static metric definition");
+        let revocation_last_sync = IntGauge::new(
+            "jwtgate_revocation_last_sync_timestamp_seconds",
+            "Unix time of the last successful revocation feed poll (0 = never).",
+        )
+        .expect("static metric definition");
+        let revocation_stale = IntGauge::new(
+            "jwtgate_revocation_stale",
+            "1 while every revocation poll source has failed for longer than max_sync_age_s.",
+        )
+        .expect("static metric definition");
+
+        for c in [
+            Box::new(revocations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(pruned.clone()),
+            Box::new(syncs.clone()),
+            Box::new(events.clone()),
+            Box::new(revocation_last_sync.clone()),
+            Box::new(revocation_stale.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rejections.clone()),
@@ -213,6 +324,23 @@ impl Metrics {
             fetches,
             keys,
             last_success,
+            revocations: Kind::ALL.map(|k| revocations.with_label_values(&[k.label()])),
+            revocations_pruned: Kind::ALL.map(|k| pruned.with_label_values(&[k.label()])),
+            revocation_syncs: RevocationSource::ALL
+                .iter()
+                .map(|s| ["ok", "error"].map(|r| syncs.with_label_values(&[s.label(), r])))
+                .collect(),
+            revocation_events: RevocationSource::ALL
+                .iter()
+                .map(|s| {
+                    EventResult::ALL
+                        .iter()
+                        .map(|r| events.with_label_values(&[s.label(), r.label()]))
+                        .collect()
+                })
+                .collect(),
+            revocation_last_sync,
+            revocation_stale,
             registry,
         }
     }
@@ -243,6 +371,22 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind as usize].inc();
+    }
+
+    pub fn revocation_count(&self, kind: Kind, n: i64) {
+        self.revocations[kind as usize].set(n);
+    }
+
+    pub fn revocation_pruned(&self, kind: Kind, n: u64) {
+        self.revocations_pruned[kind as usize].inc_by(n);
+    }
+
+    pub fn revocation_sync(&self, source: RevocationSource, ok: bool) {
+        self.revocation_syncs[source as usize][usize::from(!ok)].inc();
+    }
+
+    pub fn revocation_event(&self, source: RevocationSource, result: EventResult, n: u64) {
+        self.revocation_events[source as usize][result as usize].inc_by(n);
     }
 
     /// The Prometheus text exposition of every family.

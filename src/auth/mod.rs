@@ -89,6 +89,8 @@ pub struct Authenticator {
     by_iss: HashMap<String, usize>,
     cache: Option<moka::sync::Cache<TokenHash, Arc<Verified>>>,
     max_token_bytes: usize,
+    /// While revocation is on: `max_token_lifetime_s` and `require_jti`.
+    lifetime: Option<(i64, bool)>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -138,14 +140,18 @@ impl Authenticator {
             by_iss,
             cache,
             max_token_bytes: config.limits.max_token_bytes,
+            lifetime: config
+                .revocation
+                .as_ref()
+                .map(|r| (r.max_token_lifetime_s as i64, r.require_jti)),
             clock,
             metrics,
         }
     }
 
-    /// The configured name of issuer `i` (for logs and metrics).
-    pub fn issuer_name(&self, i: usize) -> &str {
-        &self.issuers[i].cfg.name
+    /// The configuration of issuer `i` (as in `Verified::issuer`).
+    pub fn issuer(&self, i: usize) -> &IssuerConfig {
+        &self.issuers[i].cfg
     }
 
     /// Validates one token. Only a token with an unknown `kid` ever awaits (the refetch).
@@ -249,6 +255,23 @@ impl Authenticator {
                 Reason::Audience,
                 "token audience is not accepted",
             ));
+        }
+
+        if let Some((max_lifetime, require_jti)) = self.lifetime {
+            // Without these bounds, pruning a rule could revive a token it revoked.
+            let iat = claims.iat.ok_or(Reject::new(
+                Reason::Lifetime,
+                "token has no iat, so its lifetime cannot be bounded",
+            ))?;
+            if exp.saturating_sub(iat.0) > max_lifetime {
+                return Err(Reject::new(
+                    Reason::Lifetime,
+                    "token lifetime exceeds max_token_lifetime_s",
+                ));
+            }
+            if require_jti && claims.jti.is_none() {
+                return Err(Reject::new(Reason::MissingJti, "token has no jti"));
+            }
         }
 
         let verified = Arc::new(Verified {

@@ -46,6 +46,24 @@ pub enum KeyError {
     Unavailable,
 }
 
+/// Result of `POST /jwks/refresh` for one issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManualRefresh {
+    Refreshed,
+    Throttled,
+    Failed,
+}
+
+impl ManualRefresh {
+    pub fn label(self) -> &'static str {
+        match self {
+            ManualRefresh::Refreshed => "refreshed",
+            ManualRefresh::Throttled => "throttled",
+            ManualRefresh::Failed => "failed",
+        }
+    }
+}
+
 struct RefetchState {
     /// Last fetch triggered by an unknown kid (only these are throttled).
     last_kid_fetch: Option<Instant>,
@@ -158,6 +176,23 @@ impl IssuerKeys {
         tokio::time::timeout(REFETCH_WAIT, wait)
             .await
             .unwrap_or(Err(KeyError::Unavailable))
+    }
+
+    /// An operator-requested refresh (`POST /jwks/refresh`): shares the unknown-kid
+    /// throttle, so it cannot be used to hammer the key manager.
+    pub async fn refresh_requested(&self) -> ManualRefresh {
+        let mut state = self.fetch_lock.lock().await;
+        if state
+            .last_kid_fetch
+            .is_some_and(|t| t.elapsed() < self.cfg.min_refetch_interval)
+        {
+            return ManualRefresh::Throttled;
+        }
+        state.last_kid_fetch = Some(Instant::now());
+        match self.fetch_locked(&mut state, "admin").await {
+            Ok(_) => ManualRefresh::Refreshed,
+            Err(()) => ManualRefresh::Failed,
+        }
     }
 
     /// Background refresh loop: first fetch at once, then every `refresh_interval`

@@ -25,8 +25,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, Reason, Reject, TokenHash};
-use crate::config::Config;
+use crate::config::{Config, Profile};
 use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
+use crate::revocation::{Facts, Revocation};
 
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
@@ -75,6 +76,7 @@ impl Body for ForwardBody {
 
 pub struct Proxy {
     auth: Arc<Authenticator>,
+    revocation: Option<Arc<Revocation>>,
     client: Client<HttpConnector, ForwardBody>,
     upstream_scheme: http::uri::Scheme,
     upstream_authority: http::uri::Authority,
@@ -86,7 +88,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: &Config, auth: Arc<Authenticator>, metrics: Arc<Metrics>) -> Proxy {
+    pub fn new(
+        config: &Config,
+        auth: Arc<Authenticator>,
+        revocation: Option<Arc<Revocation>>,
+        metrics: Arc<Metrics>,
+    ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.upstream.connect_timeout));
@@ -99,6 +106,7 @@ impl Proxy {
         let uri = &config.upstream.url;
         Proxy {
             auth,
+            revocation,
             client,
             upstream_scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
             upstream_authority: uri
@@ -203,7 +211,22 @@ impl Proxy {
         let token = bearer(req.headers()).map_err(|r| (r, None))?;
         let hash = TokenHash::of(token);
         match self.auth.authenticate(token, &hash).await {
-            Ok(_verified) => {
+            Ok(v) => {
+                if let Some(rev) = &self.revocation {
+                    let issuer = self.auth.issuer(v.issuer);
+                    let facts = Facts {
+                        iss: &issuer.issuer,
+                        wso2: issuer.profile == Profile::Wso2,
+                        jti: v.jti.as_deref(),
+                        sub: v.sub.as_deref(),
+                        client: v.client.as_deref(),
+                        entity_id: v.entity_id.as_deref(),
+                        signature: token.rsplit('.').next().unwrap_or_default(),
+                        iat: v.iat,
+                    };
+                    rev.check(&facts)
+                        .map_err(|r| (r, Some(hash.fingerprint())))?;
+                }
                 // The token passed the structure check, so the payload segment exists and
                 // is base64url: a valid header value.
                 let payload = token.split('.').nth(1).unwrap_or_default();

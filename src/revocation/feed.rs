@@ -1,0 +1,182 @@
+//! The poll source: the native feed (`GET {feed_url}?since={cursor}`) or the WSO2 control
+//! plane's `/internal/data/v1/revokedjwt`. Failures back off with jitter and never drop
+//! what is held. Invalid rows are skipped and counted: one bad row upstream must not block
+//! every other revocation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Revocation;
+use super::record::{self, FeedPage};
+use crate::config::FeedFormat;
+use crate::metrics::{EventResult, RevocationSource};
+
+/// Largest feed body accepted (a full WSO2 list or a native reset can be large).
+const MAX_FEED_BYTES: usize = 256 * 1024 * 1024;
+/// Pages fetched back to back while a native feed keeps returning records.
+const MAX_PAGES_PER_POLL: usize = 100;
+
+pub struct Poller {
+    rev: Arc<Revocation>,
+    client: reqwest::Client,
+}
+
+impl Poller {
+    pub fn new(rev: Arc<Revocation>) -> Result<Poller, String> {
+        let feed = rev.cfg.feed.as_ref().ok_or("no feed configured")?;
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("jwtgate/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60));
+        if let Some(path) = &feed.ca_file {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            b = b.tls_certs_merge(certs);
+        }
+        Ok(Poller {
+            rev,
+            client: b.build().map_err(|e| e.to_string())?,
+        })
+    }
+
+    fn source(&self) -> RevocationSource {
+        match self.rev.cfg.feed.as_ref().map(|f| f.format) {
+            Some(FeedFormat::Wso2) => RevocationSource::Wso2Poll,
+            _ => RevocationSource::NativePoll,
+        }
+    }
+
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let interval = self
+            .rev
+            .cfg
+            .feed
+            .as_ref()
+            .map_or(Duration::from_secs(10), |f| f.poll_interval);
+        let mut failures: u32 = 0;
+        loop {
+            let source = self.source();
+            match self.poll_once().await {
+                Ok(applied) => {
+                    failures = 0;
+                    self.rev.poll_succeeded(source);
+                    tracing::debug!(applied, "revocation feed polled");
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    self.rev.poll_failed(source);
+                    tracing::warn!(%error, failures, "revocation feed poll failed; keeping every record held");
+                }
+            }
+            let delay = if failures == 0 {
+                interval
+            } else {
+                let factor = 1u32 << (failures - 1).min(5);
+                (interval * factor).min(interval.max(Duration::from_secs(60)))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(delay)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One poll (several pages for a native feed that has more). Returns records applied.
+    pub async fn poll_once(&self) -> Result<usize, String> {
+        let Some(feed) = self.rev.cfg.feed.as_ref() else {
+            return Ok(0);
+        };
+        match feed.format {
+            FeedFormat::Wso2 => {
+                let body = self.get(feed.url.clone()).await?;
+                let (records, errors) = record::wso2_feed(&body)?;
+                self.report(RevocationSource::Wso2Poll, &errors);
+                Ok(self.rev.apply(RevocationSource::Wso2Poll, &records))
+            }
+            FeedFormat::Jwtgate => {
+                let mut applied = 0;
+                for _ in 0..MAX_PAGES_PER_POLL {
+                    let mut url = feed.url.clone();
+                    if let Some(c) = self.rev.cursor() {
+                        url.query_pairs_mut().append_pair("since", &c);
+                    }
+                    let body = self.get(url).await?;
+                    let page: FeedPage = serde_json::from_value(body)
+                        .map_err(|e| format!("feed page unreadable ({e})"))?;
+                    if page.reset {
+                        tracing::info!("revocation feed reset: merging everything again");
+                    }
+                    let mut records = Vec::with_capacity(page.revocations.len());
+                    let mut errors = Vec::new();
+                    for (i, v) in page.revocations.iter().enumerate() {
+                        match record::native(i, v) {
+                            Ok(r) => records.push(r),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                    self.report(RevocationSource::NativePoll, &errors);
+                    applied += self.rev.apply(RevocationSource::NativePoll, &records);
+                    let advanced = page.cursor.is_some() && page.cursor != self.rev.cursor();
+                    if page.cursor.is_some() {
+                        self.rev.set_cursor(page.cursor);
+                    }
+                    if page.revocations.is_empty() || !advanced {
+                        break;
+                    }
+                }
+                Ok(applied)
+            }
+        }
+    }
+
+    fn report(&self, source: RevocationSource, errors: &[record::RecordError]) {
+        if errors.is_empty() {
+            return;
+        }
+        self.rev
+            .metrics
+            .revocation_event(source, EventResult::Rejected, errors.len() as u64);
+        tracing::warn!(
+            skipped = errors.len(),
+            first = %errors[0],
+            "revocation feed rows skipped (nothing stored for them)"
+        );
+    }
+
+    async fn get(&self, url: reqwest::Url) -> Result<Value, String> {
+        let feed = self.rev.cfg.feed.as_ref().ok_or("no feed")?;
+        let mut req = self.client.get(url);
+        if let (Some(u), Some(p)) = (&feed.username, &feed.password) {
+            req = req.basic_auth(u, Some(p.expose()));
+        }
+        let mut resp = req.send().await.map_err(|e| {
+            if e.is_timeout() {
+                "timed out".to_owned()
+            } else if e.is_connect() {
+                "cannot connect".to_owned()
+            } else {
+                e.to_string()
+            }
+        })?;
+        if !resp.status().is_success() {
+            return Err(format!("feed answered HTTP {}", resp.status().as_u16()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_FEED_BYTES {
+                return Err(format!("feed body larger than {MAX_FEED_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("feed body is not JSON ({e})"))
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let mut r = [0u8; 2];
+    let _ = aws_lc_rs::rand::fill(&mut r);
+    d.mul_f64(f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) * 0.4 + 0.8)
+}

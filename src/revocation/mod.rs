@@ -1,0 +1,314 @@
+//! Revocation without token persistence: one list merged from every source (native poll,
+//! WSO2 poll, native push, WSO2 notify), checked on every request — verified-cache hits
+//! included — kept in a durable snapshot, and pruned once nothing it matches can be alive.
+//!
+//! Invariants:
+//! - records only accumulate until pruned; `reset: true` from a feed merges, never deletes;
+//! - the snapshot is restored before the first request is served; a corrupt one is moved
+//!   aside and the list is not ready until a source has synced;
+//! - readers never block: see [`list`];
+//! - staleness counts poll sources only; a push-only configuration is never stale.
+
+pub mod feed;
+pub mod list;
+pub mod record;
+pub mod snapshot;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use tracing::Instrument as _;
+
+use crate::auth::{Clock, Reason, Reject};
+use crate::config::{OnStale, RevocationConfig};
+use crate::metrics::{EventResult, Metrics, RevocationSource};
+pub use list::{Facts, RevocationList};
+pub use record::{Kind, Record};
+
+/// How often the cleanup sweep runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+/// How long changes are batched before the snapshot is written.
+const SNAPSHOT_DEBOUNCE: Duration = Duration::from_millis(200);
+
+pub struct Revocation {
+    list: RevocationList,
+    cfg: RevocationConfig,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    /// Largest `leeway_s` of any issuer: pruning waits this much longer.
+    leeway: i64,
+    cursor: Mutex<Option<String>>,
+    /// Restored from a snapshot, or synced once from any source.
+    ready: AtomicBool,
+    started_at: i64,
+    /// Clock time of the last successful poll (0 = none yet).
+    last_poll_ok: AtomicI64,
+    stale: AtomicBool,
+    dirty: AtomicBool,
+    dirty_signal: tokio::sync::Notify,
+}
+
+impl Revocation {
+    /// Restores the snapshot (if any) and returns the service, ready or not.
+    pub fn open(
+        cfg: RevocationConfig,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        leeway: i64,
+    ) -> Revocation {
+        let now = clock.now();
+        let mut ready = cfg.feed.is_none() && cfg.snapshot_path.is_none();
+        let mut cursor = None;
+        let list = match cfg.snapshot_path.as_deref().map(snapshot::load) {
+            None => RevocationList::new(),
+            Some(Ok(None)) => {
+                tracing::info!("no revocation snapshot yet; waiting for a first sync");
+                // Nothing was ever held here: with only push as a source, nothing to wait for.
+                ready = cfg.feed.is_none();
+                RevocationList::new()
+            }
+            Some(Ok(Some(restored))) => {
+                tracing::info!(
+                    records = restored.list.len(),
+                    "revocation snapshot restored"
+                );
+                ready = true;
+                cursor = restored.cursor;
+                restored.list
+            }
+            Some(Err(e)) => {
+                let aside = cfg
+                    .snapshot_path
+                    .as_deref()
+                    .and_then(|p| snapshot::move_aside(p, now));
+                tracing::error!(
+                    error = %e,
+                    moved_to = ?aside,
+                    "revocation snapshot unusable; moved aside, not ready until a source syncs"
+                );
+                RevocationList::new()
+            }
+        };
+        let r = Revocation {
+            list,
+            cfg,
+            clock,
+            metrics,
+            leeway,
+            cursor: Mutex::new(cursor),
+            ready: AtomicBool::new(ready),
+            started_at: now,
+            last_poll_ok: AtomicI64::new(0),
+            stale: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+            dirty_signal: tokio::sync::Notify::new(),
+        };
+        r.update_gauges();
+        r
+    }
+
+    pub fn config(&self) -> &RevocationConfig {
+        &self.cfg
+    }
+
+    pub fn list(&self) -> &RevocationList {
+        &self.list
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Every poll source has failed for longer than `max_sync_age_s`.
+    pub fn is_stale(&self) -> bool {
+        let Some(_) = &self.cfg.feed else {
+            return false;
+        };
+        let last = self
+            .last_poll_ok
+            .load(Ordering::Acquire)
+            .max(self.started_at);
+        self.clock.now() - last > self.cfg.max_sync_age.as_secs() as i64
+    }
+
+    /// The per-request check: revoked → 401; stale with `on_stale = reject` → 503.
+    pub fn check(&self, facts: &Facts<'_>) -> Result<(), Reject> {
+        if self.list.is_revoked(facts) {
+            return Err(Reject::new(Reason::Revoked, "token has been revoked"));
+        }
+        if self.cfg.on_stale == OnStale::Reject && self.is_stale() {
+            self.note_stale(true);
+            return Err(Reject::new(
+                Reason::RevocationStale,
+                "revocation list is out of date",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Merges records from `source` and schedules a snapshot write.
+    pub fn apply(&self, source: RevocationSource, records: &[Record]) -> usize {
+        let new = self.list.apply(records);
+        self.metrics
+            .revocation_event(source, EventResult::Applied, records.len() as u64);
+        self.ready.store(true, Ordering::Release);
+        if new > 0 {
+            self.mark_dirty();
+        }
+        self.update_gauges();
+        new
+    }
+
+    /// Records a successful poll (staleness and readiness).
+    pub fn poll_succeeded(&self, source: RevocationSource) {
+        self.last_poll_ok.store(self.clock.now(), Ordering::Release);
+        self.ready.store(true, Ordering::Release);
+        self.metrics.revocation_sync(source, true);
+        self.metrics
+            .revocation_last_sync
+            .set(crate::jwks::unix_now());
+        self.note_stale(false);
+    }
+
+    pub fn poll_failed(&self, source: RevocationSource) {
+        self.metrics.revocation_sync(source, false);
+        self.note_stale(self.is_stale());
+    }
+
+    fn note_stale(&self, stale: bool) {
+        let was = self.stale.swap(stale, Ordering::AcqRel);
+        self.metrics.revocation_stale.set(i64::from(stale));
+        if stale && !was {
+            tracing::warn!(
+                max_sync_age_s = self.cfg.max_sync_age.as_secs(),
+                on_stale = ?self.cfg.on_stale,
+                "revocation list is stale: every poll source has failed for longer than max_sync_age_s"
+            );
+        } else if !stale && was {
+            tracing::info!("revocation list is in sync again");
+        }
+    }
+
+    pub fn cursor(&self) -> Option<String> {
+        self.cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_cursor(&self, cursor: Option<String>) {
+        let mut c = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        if *c != cursor {
+            *c = cursor;
+            drop(c);
+            self.mark_dirty();
+        }
+    }
+
+    fn mark_dirty(&self) {
+        if self.cfg.snapshot_path.is_some() {
+            self.dirty.store(true, Ordering::Release);
+            self.dirty_signal.notify_one();
+        }
+    }
+
+    fn update_gauges(&self) {
+        for k in Kind::ALL {
+            self.metrics.revocation_count(k, self.list.count(k));
+        }
+    }
+
+    /// One cleanup sweep at the clock's current time.
+    pub fn prune_now(&self) -> [u64; 3] {
+        let pruned = self.list.prune(
+            self.clock.now(),
+            self.leeway,
+            self.cfg.max_token_lifetime_s as i64,
+        );
+        if pruned.iter().any(|n| *n > 0) {
+            for k in Kind::ALL {
+                self.metrics.revocation_pruned(k, pruned[k as usize]);
+            }
+            tracing::debug!(?pruned, "revocation records pruned");
+            self.mark_dirty();
+        }
+        self.update_gauges();
+        pruned
+    }
+
+    /// Writes the snapshot now if anything changed since the last write.
+    pub async fn flush(&self) {
+        let Some(path) = self.cfg.snapshot_path.clone() else {
+            return;
+        };
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let bytes = snapshot::encode(&self.list, self.cursor().as_deref());
+        let written = tokio::task::spawn_blocking(move || snapshot::write(&path, &bytes)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "revocation snapshot not written; will retry");
+                self.dirty.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "snapshot task failed");
+                self.dirty.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Background tasks: the poll loop (if a feed is configured), snapshot writer, pruning.
+    pub fn spawn_tasks(
+        self: &Arc<Self>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if self.cfg.feed.is_some() {
+            match feed::Poller::new(self.clone()) {
+                Ok(poller) => tasks.push(tokio::spawn(
+                    poller
+                        .run(stop.clone())
+                        .instrument(tracing::info_span!("revocation_feed")),
+                )),
+                Err(e) => tracing::error!(error = %e, "revocation feed client could not be built"),
+            }
+        }
+        let me = self.clone();
+        let mut s = stop.clone();
+        tasks.push(tokio::spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = me.dirty_signal.notified() => {
+                            tokio::time::sleep(SNAPSHOT_DEBOUNCE).await;
+                            me.flush().await;
+                        }
+                        _ = s.changed() => {
+                            me.flush().await;
+                            return;
+                        }
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("revocation_snapshot")),
+        ));
+        let me = self.clone();
+        let mut s = stop;
+        tasks.push(tokio::spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(PRUNE_EVERY) => { me.prune_now(); }
+                        _ = s.changed() => return,
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("revocation_prune")),
+        ));
+        tasks
+    }
+}
