@@ -271,7 +271,7 @@ pub fn now() -> i64 {
 
 /// jwtgate under test, with its key server and upstream.
 pub struct Harness {
-    pub keys: KeyServer,
+    pub keys: Arc<KeyServer>,
     pub upstream: Upstream,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
@@ -291,6 +291,8 @@ pub struct Options {
     pub wait_ready: bool,
     /// Start with the key server answering 503.
     pub keys_down: bool,
+    /// Reuse this key server (same issuer URL), e.g. to restart jwtgate.
+    pub key_server: Option<Arc<KeyServer>>,
     pub shutdown_delay_s: u64,
 }
 
@@ -303,6 +305,7 @@ impl Default for Options {
             clock: None,
             wait_ready: true,
             keys_down: false,
+            key_server: None,
             shutdown_delay_s: 0,
         }
     }
@@ -314,7 +317,10 @@ impl Harness {
     }
 
     pub async fn start_with(jwks: Value, opts: Options) -> Harness {
-        let keys = KeyServer::start(jwks).await;
+        let keys = match &opts.key_server {
+            Some(k) => k.clone(),
+            None => Arc::new(KeyServer::start(jwks).await),
+        };
         keys.set_down(opts.keys_down);
         let upstream = Upstream::start().await;
         let issuer = format!("http://{}/oauth2/token", keys.addr);
@@ -358,7 +364,7 @@ min_refetch_interval_s = 2
     }
 
     async fn launch(
-        keys: KeyServer,
+        keys: Arc<KeyServer>,
         upstream: Upstream,
         issuer: String,
         config: Config,
@@ -488,4 +494,165 @@ pub fn rand_u64() -> u64 {
 /// A JWKS of these keys, each with `alg` when given.
 pub fn jwks_of(keys: &[(&DevKey, Option<jwtgate::config::Algorithm>)]) -> Value {
     json!({"keys": keys.iter().map(|(k, a)| k.public_jwk(*a)).collect::<Vec<_>>()})
+}
+
+/// A revocation feed under test control: the native format (`?since=` cursor) on
+/// `/revocations`, and WSO2's `/internal/data/v1/revokedjwt` (Basic admin:admin).
+pub struct Feed {
+    pub addr: SocketAddr,
+    state: Arc<FeedState>,
+}
+
+struct FeedState {
+    records: Mutex<Vec<Value>>,
+    wso2: Mutex<Value>,
+    down: AtomicBool,
+    reset_next: AtomicBool,
+    hits: AtomicUsize,
+    unauthorized: AtomicUsize,
+}
+
+impl Feed {
+    pub async fn start() -> Feed {
+        let state = Arc::new(FeedState {
+            records: Mutex::new(Vec::new()),
+            wso2: Mutex::new(json!({})),
+            down: AtomicBool::new(false),
+            reset_next: AtomicBool::new(false),
+            hits: AtomicUsize::new(0),
+            unauthorized: AtomicUsize::new(0),
+        });
+        let s = state.clone();
+        let (addr, _task) = serve(Arc::new(move |req: Request<Incoming>| {
+            let s = s.clone();
+            Box::pin(async move {
+                s.hits.fetch_add(1, Ordering::SeqCst);
+                if s.down.load(Ordering::SeqCst) {
+                    return json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({}));
+                }
+                if req.uri().path() == "/internal/data/v1/revokedjwt" {
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok());
+                    // admin:admin
+                    if auth != Some("Basic YWRtaW46YWRtaW4=") {
+                        s.unauthorized.fetch_add(1, Ordering::SeqCst);
+                        return json_resp(StatusCode::UNAUTHORIZED, &json!({}));
+                    }
+                    return json_resp(StatusCode::OK, &s.wso2.lock().unwrap().clone());
+                }
+                let since: usize = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("since="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let records = s.records.lock().unwrap().clone();
+                let reset = s.reset_next.swap(false, Ordering::SeqCst);
+                let from = if reset { 0 } else { since.min(records.len()) };
+                json_resp(
+                    StatusCode::OK,
+                    &json!({
+                        "cursor": records.len().to_string(),
+                        "reset": reset,
+                        "revocations": records[from..].to_vec(),
+                    }),
+                )
+            })
+        }))
+        .await;
+        Feed { addr, state }
+    }
+
+    pub fn native_url(&self) -> String {
+        format!("http://{}/revocations", self.addr)
+    }
+
+    pub fn wso2_url(&self) -> String {
+        format!("http://{}/internal/data/v1/revokedjwt", self.addr)
+    }
+
+    pub fn append(&self, record: Value) {
+        self.state.records.lock().unwrap().push(record);
+    }
+
+    pub fn set_wso2(&self, body: Value) {
+        *self.state.wso2.lock().unwrap() = body;
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The next page answers `reset: true` with everything from the start.
+    pub fn reset_next(&self) {
+        self.state.reset_next.store(true, Ordering::SeqCst);
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn unauthorized(&self) -> usize {
+        self.state.unauthorized.load(Ordering::SeqCst)
+    }
+}
+
+/// A fresh path for a snapshot file (removed by the caller's `TempDir` drop).
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(format!("jwtgate-test-{}", rand_u64()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn file(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub const PUSH_TOKEN: &str = "push-token-0123456789";
+
+impl Harness {
+    /// `POST /revocations` with the given bearer; returns the status.
+    pub async fn push_with(&self, bearer: &str, body: Value) -> u16 {
+        self.http
+            .post(format!("http://{}/revocations", self.admin))
+            .bearer_auth(bearer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    pub async fn push(&self, records: Value) -> u16 {
+        self.push_with(PUSH_TOKEN, json!({ "revocations": records }))
+            .await
+    }
+
+    /// Waits until `f` holds (polling every 20 ms, at most `secs`).
+    pub async fn eventually<F, Fut>(&self, secs: u64, mut f: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if f().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
 }
