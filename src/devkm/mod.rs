@@ -2,6 +2,7 @@
 //! JWKS endpoint, and an echo upstream. Nothing in the product path depends on this module.
 
 pub mod keys;
+pub mod km;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -90,25 +91,27 @@ pub struct DevOptions {
     pub admin_listen: SocketAddr,
 }
 
-/// `jwtgate dev`: key manager (JWKS), echo upstream and the proxy, all on loopback; prints
-/// a token and curl lines, then serves until `shutdown`.
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `jwtgate dev`: the reference key manager, an echo upstream and the proxy, all on
+/// loopback, wired for push and poll; prints a walkthrough, then serves until `shutdown`.
 pub async fn run_dev(
     opts: DevOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let key = DevKey::rsa("dev-key-1");
-    let km = TcpListener::bind("127.0.0.1:0").await?;
-    let km_addr = km.local_addr()?;
-    let jwks = keys::jwks(&[&key]);
-    serve_fn(km, move |req| match req.uri().path() {
-        "/oauth2/jwks" => json_response(StatusCode::OK, &jwks),
-        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
-    });
+    let km_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let km_addr = km_listener.local_addr()?;
     let upstream = TcpListener::bind("127.0.0.1:0").await?;
     let upstream_addr = upstream.local_addr()?;
     echo_upstream(upstream, "x-jwt-payload");
 
     let issuer = format!("http://{km_addr}/oauth2/token");
+    let push_token = random_hex(16);
+    let admin_token = random_hex(16);
     let config = Config::from_toml_str(
         &format!(
             r#"
@@ -124,6 +127,12 @@ issuer = "{issuer}"
 jwks_uri = "http://{km_addr}/oauth2/jwks"
 audiences = ["api://dev"]
 algorithms = ["RS256"]
+[revocation]
+feed_url = "http://{km_addr}/revocations"
+poll_interval_s = 2
+max_sync_age_s = 60
+push_token = "{push_token}"
+max_token_lifetime_s = 86400
 "#,
             listen = opts.listen,
             admin = opts.admin_listen,
@@ -135,35 +144,85 @@ algorithms = ["RS256"]
     let proxy = app.proxy_addr();
     let admin = app.admin_addr();
 
-    let now = crate::jwks::unix_now();
-    let claims = json!({
-        "iss": issuer, "sub": "alice", "aud": "api://dev", "client_id": "dev-client",
-        "iat": now, "nbf": now, "exp": now + 3600, "jti": format!("dev-{now}"),
-        "scope": "orders:read",
-    });
-    let token = key.token(&claims);
-    let tampered = tamper(&token);
-    println!(
-        r#"jwtgate dev: proxy on http://{proxy}, admin on http://{admin}
-  key manager (JWKS) http://{km_addr}/oauth2/jwks, echo upstream http://{upstream_addr}
+    let km = km::KeyManager::new(
+        km::KmConfig {
+            issuer: issuer.clone(),
+            audience: "api://dev".into(),
+            clients: vec![km::Client {
+                id: "dev-client".into(),
+                secret: "dev-secret".into(),
+            }],
+            users: vec![km::User {
+                username: "alice".into(),
+                password: "alice".into(),
+                sub: "alice".into(),
+            }],
+            access_ttl_s: 900,
+            refresh_ttl_s: 3600,
+            admin_token: admin_token.clone(),
+            push: vec![km::PushTarget {
+                url: format!("http://{admin}/revocations"),
+                token: push_token,
+            }],
+        },
+        Arc::new(crate::auth::SystemClock),
+    );
+    km.serve(km_listener);
 
-A token valid for one hour (RS256, sub=alice, aud=api://dev):
+    let pair = km.issue("dev-client", "alice", "orders:read");
+    let token = pair["access_token"].as_str().unwrap_or_default().to_owned();
+    let tampered = tamper(&token);
+    let km = format!("http://{km_addr}");
+    let api = format!("http://{proxy}");
+    let grab = |var: &str, field: &str| {
+        format!(r#"{var}=$(printf '%s' "$PAIR" | sed -n 's/.*"{field}":"\([^"]*\)".*/\1/p')"#)
+    };
+    println!(
+        r#"jwtgate dev: proxy on {api}, admin on http://{admin}
+  reference key manager {km} (JWKS {km}/oauth2/jwks, feed {km}/revocations), echo upstream http://{upstream_addr}
+
+A token valid for 15 minutes (RS256, sub=alice, aud=api://dev):
 
 TOKEN={token}
 
   # 200: valid token, forwarded; the upstream echoes the verified claims
-  curl -i -H "Authorization: Bearer $TOKEN" http://{proxy}/orders
+  curl -i -H "Authorization: Bearer $TOKEN" {api}/orders
 
   # 401: the same token with sub changed to mallory (the signature no longer matches)
-  curl -i -H "Authorization: Bearer {tampered}" http://{proxy}/orders
+  curl -i -H "Authorization: Bearer {tampered}" {api}/orders
 
   # 401: no token at all
-  curl -i http://{proxy}/orders
+  curl -i {api}/orders
 
   # readiness and metrics
   curl -s http://{admin}/readyz; curl -s http://{admin}/metrics | grep ^jwtgate_
 
-Ctrl-C stops it."#
+Revocation without token persistence (the key manager stores no token, only revocations):
+
+  KM={km}; API={api}; ADMIN_TOKEN={admin_token}
+  # 1. a token pair for alice (password grant); access and refresh tokens are both JWTs
+  PAIR=$(curl -s -u dev-client:dev-secret -d grant_type=password -d username=alice -d password=alice $KM/oauth2/token)
+  {at}; {rt}
+  curl -s -o /dev/null -w '%{{http_code}}
+' -H "Authorization: Bearer $AT" $API/orders      # 200
+  # 2. revoke the access token (RFC 7009): pushed to jwtgate, refused at once
+  curl -s -u dev-client:dev-secret -d token=$AT -d token_type_hint=access_token $KM/oauth2/revoke
+  curl -s -o /dev/null -w '%{{http_code}}
+' -H "Authorization: Bearer $AT" $API/orders      # 401
+  # 3. refresh: a new pair works (the used refresh token is revoked)
+  PAIR=$(curl -s -u dev-client:dev-secret -d grant_type=refresh_token -d refresh_token=$RT $KM/oauth2/token)
+  {at}; {rt}
+  curl -s -o /dev/null -w '%{{http_code}}
+' -H "Authorization: Bearer $AT" $API/orders      # 200
+  # 4. revoke everything of alice (password change): both new tokens are refused
+  curl -s -H "Authorization: Bearer $ADMIN_TOKEN" -d '{{"sub":"alice"}}' $KM/admin/revoke-user
+  curl -s -o /dev/null -w '%{{http_code}}
+' -H "Authorization: Bearer $AT" $API/orders      # 401
+  curl -s -u dev-client:dev-secret -d grant_type=refresh_token -d refresh_token=$RT $KM/oauth2/token   # invalid_grant
+
+Ctrl-C stops it."#,
+        at = grab("AT", "access_token"),
+        rt = grab("RT", "refresh_token"),
     );
     app.run(shutdown).await?;
     Ok(())
