@@ -59,6 +59,8 @@ pub struct Verified {
     /// `client_id`, else `azp`.
     pub client: Option<Box<str>>,
     pub entity_id: Option<Box<str>>,
+    /// Revocation fingerprints, computed on first use and reused by cache hits.
+    pub revocation_fps: std::sync::OnceLock<crate::revocation::TokenFingerprints>,
 }
 
 /// A token's SHA-256: the verified-cache key; its first 4 bytes are the log fingerprint.
@@ -285,6 +287,7 @@ impl Authenticator {
             jti: claims.jti.map(Into::into),
             client: claims.client_id.or(claims.azp).map(Into::into),
             entity_id: claims.entity_id.map(Into::into),
+            revocation_fps: std::sync::OnceLock::new(),
         });
         if let Some(cache) = &self.cache {
             cache.insert(*hash, verified.clone());

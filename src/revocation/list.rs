@@ -42,7 +42,27 @@ impl Hasher for IdentityHasher {
     }
 }
 
-pub type Table<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
+/// A fingerprint kept as two `u32` halves, so an id entry `(Fp, u32 exp)` packs into 12
+/// bytes instead of the 16 an `(u64, u32)` pair takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fp([u32; 2]);
+
+impl Fp {
+    fn new(v: u64) -> Fp {
+        Fp([v as u32, (v >> 32) as u32])
+    }
+    fn get(self) -> u64 {
+        u64::from(self.0[0]) | (u64::from(self.0[1]) << 32)
+    }
+}
+
+impl std::hash::Hash for Fp {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.get());
+    }
+}
+
+pub type Table<V> = HashMap<Fp, V, BuildHasherDefault<IdentityHasher>>;
 
 /// Rule value: `revoked_at` and the metric kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +91,10 @@ impl<V: Copy> Shards<V> {
     }
 
     fn get(&self, fp: u64) -> Option<V> {
-        self.shards[Self::index(fp)].load().get(&fp).copied()
+        self.shards[Self::index(fp)]
+            .load()
+            .get(&Fp::new(fp))
+            .copied()
     }
 
     fn len(&self) -> usize {
@@ -92,10 +115,10 @@ impl<V: Copy> Shards<V> {
             }
             let mut table: Table<V> = Table::clone(&self.shards[i].load());
             for (fp, v) in items {
-                match table.get_mut(&fp) {
+                match table.get_mut(&Fp::new(fp)) {
                     Some(old) => *old = merge(*old, v),
                     None => {
-                        table.insert(fp, v);
+                        table.insert(Fp::new(fp), v);
                         added.push(v);
                     }
                 }
@@ -127,10 +150,18 @@ impl<V: Copy> Shards<V> {
         removed
     }
 
+    /// Bytes the tables hold: buckets of (key, value) plus one control byte each.
+    fn table_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.load().capacity() * (std::mem::size_of::<(Fp, V)>() + 1))
+            .sum()
+    }
+
     fn entries(&self) -> Vec<(u64, V)> {
         let mut out = Vec::with_capacity(self.len());
         for shard in self.shards.iter() {
-            out.extend(shard.load().iter().map(|(k, v)| (*k, *v)));
+            out.extend(shard.load().iter().map(|(k, v)| (k.get(), *v)));
         }
         out
     }
@@ -138,6 +169,13 @@ impl<V: Copy> Shards<V> {
 
 /// Every id entry `(fingerprint, exp)` and rule entry, as the snapshot stores them.
 pub(crate) type Entries = (Vec<(u64, u32)>, Vec<(u64, RuleValue)>);
+
+/// The fingerprints of one token (see [`RevocationList::fingerprints`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenFingerprints {
+    ids: [Option<u64>; 3],
+    rules: [Option<u64>; 6],
+}
 
 /// What a token offers to the list.
 #[derive(Debug, Clone, Copy)]
@@ -212,6 +250,11 @@ impl RevocationList {
         self.len() == 0
     }
 
+    /// Approximate bytes held by the hash tables (excluding allocator overhead).
+    pub fn table_bytes(&self) -> usize {
+        self.ids.table_bytes() + self.rules.table_bytes()
+    }
+
     /// Merges records (a revocation is never undone: later `exp`/`revoked_at` win).
     /// Returns how many were new.
     pub fn apply(&self, records: &[Record]) -> usize {
@@ -259,37 +302,43 @@ impl RevocationList {
 
     /// Whether the token is revoked. A rule that matches a token without `iat` revokes it.
     pub fn is_revoked(&self, t: &Facts<'_>) -> bool {
-        if let Some(jti) = t.jti
-            && self.ids.get(self.fp(Target::Jti, "", jti)).is_some()
-        {
-            return true;
+        self.is_revoked_fps(&self.fingerprints(t), t.iat)
+    }
+
+    /// Every fingerprint a token can be matched by. They depend only on the token and the
+    /// list's key, so a verified token computes them once and its cache hits reuse them.
+    pub fn fingerprints(&self, t: &Facts<'_>) -> TokenFingerprints {
+        let fp = |target, scope, id: Option<&str>| id.map(|id| self.fp(target, scope, id));
+        let wso2 = |target, id: Option<&str>| if t.wso2 { fp(target, "", id) } else { None };
+        let signature = (!t.signature.is_empty()).then_some(t.signature);
+        TokenFingerprints {
+            ids: [
+                fp(Target::Jti, "", t.jti),
+                wso2(Target::Wso2Token, t.jti),
+                wso2(Target::Wso2Token, signature),
+            ],
+            rules: [
+                fp(Target::Subject, "", t.sub),
+                fp(Target::Subject, t.iss, t.sub),
+                fp(Target::Client, "", t.client),
+                fp(Target::Client, t.iss, t.client),
+                wso2(Target::Wso2Client, t.client),
+                wso2(Target::Wso2Entity, t.entity_id),
+            ],
         }
-        if t.wso2 {
-            if let Some(jti) = t.jti
-                && self.ids.get(self.fp(Target::Wso2Token, "", jti)).is_some()
-            {
-                return true;
-            }
-            if !t.signature.is_empty()
-                && self
-                    .ids
-                    .get(self.fp(Target::Wso2Token, "", t.signature))
-                    .is_some()
-            {
-                return true;
-            }
-        }
-        let hit = |target: Target, scope: &str, id: Option<&str>| {
-            id.and_then(|id| self.rules.get(self.fp(target, scope, id)))
-                .is_some_and(|r| t.iat.is_none_or(|iat| iat <= r.revoked_at))
-        };
-        hit(Target::Subject, "", t.sub)
-            || hit(Target::Subject, t.iss, t.sub)
-            || hit(Target::Client, "", t.client)
-            || hit(Target::Client, t.iss, t.client)
-            || (t.wso2
-                && (hit(Target::Wso2Client, "", t.client)
-                    || hit(Target::Wso2Entity, "", t.entity_id)))
+    }
+
+    /// The lookup itself: a handful of lock-free table probes.
+    pub fn is_revoked_fps(&self, fps: &TokenFingerprints, iat: Option<i64>) -> bool {
+        fps.ids
+            .iter()
+            .flatten()
+            .any(|fp| self.ids.get(*fp).is_some())
+            || fps.rules.iter().flatten().any(|fp| {
+                self.rules
+                    .get(*fp)
+                    .is_some_and(|r| iat.is_none_or(|iat| iat <= r.revoked_at))
+            })
     }
 
     /// Drops id records once `exp + leeway` has passed and rules once

@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 use crate::auth::{Clock, Reason, Reject};
 use crate::config::{OnStale, RevocationConfig};
 use crate::metrics::{EventResult, Metrics, RevocationSource};
-pub use list::{Facts, RevocationList};
+pub use list::{Facts, RevocationList, TokenFingerprints};
 pub use record::{Kind, Record};
 
 /// How often the cleanup sweep runs.
@@ -134,8 +134,8 @@ impl Revocation {
     }
 
     /// The per-request check: revoked → 401; stale with `on_stale = reject` → 503.
-    pub fn check(&self, facts: &Facts<'_>) -> Result<(), Reject> {
-        if self.list.is_revoked(facts) {
+    pub fn check(&self, fps: &TokenFingerprints, iat: Option<i64>) -> Result<(), Reject> {
+        if self.list.is_revoked_fps(fps, iat) {
             return Err(Reject::new(Reason::Revoked, "token has been revoked"));
         }
         if self.cfg.on_stale == OnStale::Reject && self.is_stale() {
