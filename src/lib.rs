@@ -15,6 +15,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod devkm;
+pub mod inject;
 pub mod jwks;
 pub mod metrics;
 pub mod proxy;

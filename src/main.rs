@@ -53,6 +53,20 @@ enum Command {
         #[arg(long, env = "JWTGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Kubernetes mutating admission webhook (HTTPS) that injects the jwtgate sidecar.
+    Inject {
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate chain (re-read when the file changes).
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// PEM private key (re-read when the file changes).
+        #[arg(long)]
+        tls_key: PathBuf,
+        /// Injector defaults (TOML: image, ports, resources, native_sidecar, …).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Zero-setup demo on loopback: key manager, echo upstream, proxy, and curl lines.
     Dev {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -91,6 +105,35 @@ fn main() -> ExitCode {
                 let app = App::bind(config).await?;
                 app.run(shutdown_signal()).await?;
                 Ok(())
+            })
+        }
+        Command::Inject {
+            listen,
+            tls_cert,
+            tls_key,
+            config,
+        } => {
+            let defaults = match config.as_deref().map(jwtgate::inject::load_defaults) {
+                None => jwtgate::inject::Defaults::default(),
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            for (flag, path) in [("--tls-cert", &tls_cert), ("--tls-key", &tls_key)] {
+                if let Err(e) = std::fs::metadata(path) {
+                    eprintln!("config error: {flag}: cannot read {}: {e}", path.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+            run(async move {
+                let listener = jwtgate::inject::bind(listen)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                jwtgate::inject::serve(listener, tls_cert, tls_key, defaults, shutdown_signal())
+                    .await
+                    .map_err(anyhow::Error::msg)
             })
         }
         Command::Dev {

@@ -1,0 +1,321 @@
+//! `jwtgate inject`: a Kubernetes mutating admission webhook (AdmissionReview
+//! `admission.k8s.io/v1`, HTTPS) that adds the jwtgate sidecar to opted-in pods.
+//!
+//! Paths (one per row of the opt-in truth table, see [`patch`]):
+//! `POST /mutate/namespace-enabled` for namespaces labelled `jwtgate.io/inject=enabled`,
+//! `POST /mutate/pod-opt-in` for pods labelled `"true"` elsewhere; `GET /healthz`.
+//!
+//! The certificate and key are re-read when their files change (cert-manager rotates them);
+//! a rotation that fails to load keeps the previous pair and says so in the log.
+
+pub mod patch;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+
+use crate::config::{ConfigError, ConfigErrors};
+pub use patch::{Decision, Defaults, Mode};
+
+/// Largest AdmissionReview accepted.
+const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
+/// How often the certificate files are checked for changes.
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Reads injector defaults (TOML; unknown keys are errors naming the key).
+pub fn load_defaults(path: &Path) -> Result<Defaults, ConfigErrors> {
+    let one = |key: &str, message: String| {
+        ConfigErrors(vec![ConfigError {
+            key: key.to_owned(),
+            message,
+        }])
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| one("--config", format!("cannot read {}: {e}", path.display())))?;
+    let value: toml::Value = text
+        .parse::<toml::Table>()
+        .map(toml::Value::Table)
+        .map_err(|e| one("(file)", e.to_string().replace('\n', " ")))?;
+    let d: Defaults = serde_path_to_error::deserialize(value)
+        .map_err(|e| one(&e.path().to_string(), e.into_inner().to_string()))?;
+    let mut problems = Vec::new();
+    if d.port == d.admin_port {
+        problems.push(ConfigError {
+            key: "admin_port".into(),
+            message: "must differ from port".into(),
+        });
+    }
+    if d.image.trim().is_empty() {
+        problems.push(ConfigError {
+            key: "image".into(),
+            message: "must not be empty".into(),
+        });
+    }
+    if problems.is_empty() {
+        Ok(d)
+    } else {
+        Err(ConfigErrors(problems))
+    }
+}
+
+/// The answer to one AdmissionReview body, arriving on `mode`'s path.
+pub fn review(body: &[u8], mode: Mode, defaults: &Defaults) -> AdmissionReview<DynamicObject> {
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return AdmissionResponse::invalid(format!("jwtgate: malformed AdmissionReview ({e})"))
+                .into_review();
+        }
+    };
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(r) => r,
+        Err(_) => {
+            return AdmissionResponse::invalid("jwtgate: AdmissionReview has no request")
+                .into_review();
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let kind = &request.kind;
+    if kind.kind != "Pod" || !kind.group.is_empty() {
+        return response
+            .deny(format!(
+                "jwtgate injects into Pods only, not {}/{} {}: check the webhook's rules",
+                kind.group, kind.version, kind.kind
+            ))
+            .into_review();
+    }
+    if request.operation != Operation::Create {
+        return response.into_review();
+    }
+    let pod: Result<Pod, String> = request
+        .object
+        .as_ref()
+        .ok_or_else(|| "the request carries no object".to_owned())
+        .and_then(|o| serde_json::to_value(o).map_err(|e| e.to_string()))
+        .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()));
+    let pod = match pod {
+        Ok(p) => p,
+        Err(e) => {
+            return response
+                .deny(format!("jwtgate: not a valid Pod ({e})"))
+                .into_review();
+        }
+    };
+    let name = pod
+        .metadata
+        .name
+        .clone()
+        .or_else(|| pod.metadata.generate_name.clone())
+        .unwrap_or_default();
+    let namespace = request.namespace.clone().unwrap_or_default();
+    match patch::decide(&pod, mode, defaults) {
+        Decision::Skip(why) => {
+            tracing::debug!(%namespace, pod = %name, why, "not injected");
+            response.into_review()
+        }
+        Decision::Patch(p) => {
+            tracing::info!(%namespace, pod = %name, "sidecar injected");
+            match response.clone().with_patch(p) {
+                Ok(r) => r.into_review(),
+                Err(e) => response
+                    .deny(format!("jwtgate: patch could not be encoded ({e})"))
+                    .into_review(),
+            }
+        }
+        Decision::Deny(message) => {
+            tracing::warn!(%namespace, pod = %name, %message, "injection refused");
+            response.deny(format!("jwtgate: {message}")).into_review()
+        }
+    }
+}
+
+/// The serving certificate, swapped when its files change.
+struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("cert", &self.cert)
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn load_certified(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("--tls-cert {}: no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("--tls-key: {e}"))?;
+    Ok(CertifiedKey::new(certs, signing))
+}
+
+fn mtimes(a: &Path, b: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    (m(a), m(b))
+}
+
+/// Serves the webhook until `shutdown` resolves. Fails at once if the certificate cannot be
+/// loaded.
+pub async fn serve(
+    listener: TcpListener,
+    cert: PathBuf,
+    key: PathBuf,
+    defaults: Defaults,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let store = Arc::new(CertStore {
+        current: ArcSwap::from_pointee(load_certified(&cert, &key)?),
+        cert,
+        key,
+    });
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_cert_resolver(store.clone());
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+
+    let reload = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen = mtimes(&store.cert, &store.key);
+            loop {
+                tokio::time::sleep(CERT_CHECK_EVERY).await;
+                let now = mtimes(&store.cert, &store.key);
+                if now == seen {
+                    continue;
+                }
+                match load_certified(&store.cert, &store.key) {
+                    Ok(ck) => {
+                        store.current.store(Arc::new(ck));
+                        seen = now;
+                        tracing::info!("webhook certificate reloaded");
+                    }
+                    // A half-written rotation: keep the old pair, try again next round.
+                    Err(e) => tracing::warn!(error = %e, "certificate change not loaded yet"),
+                }
+            }
+        })
+    };
+
+    let defaults = Arc::new(defaults);
+    tracing::info!(listen = ?listener.local_addr().ok(), "jwtgate inject serving");
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let defaults = defaults.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let svc = hyper::service::service_fn(move |req| {
+                let defaults = defaults.clone();
+                async move { Ok::<_, Infallible>(route(req, &defaults).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+    reload.abort();
+    Ok(())
+}
+
+async fn route(req: Request<Incoming>, defaults: &Defaults) -> Response<Full<Bytes>> {
+    let mode = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => return plain(StatusCode::OK, "ok\n"),
+        (&Method::POST, "/mutate/namespace-enabled") => Mode::NamespaceEnabled,
+        (&Method::POST, "/mutate/pod-opt-in") => Mode::PodOptIn,
+        _ => return plain(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "AdmissionReview too large\n"),
+    };
+    let answer = review(&body, mode, defaults);
+    match serde_json::to_vec(&answer) {
+        Ok(json) => {
+            let mut r = Response::new(Full::new(Bytes::from(json)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(_) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the answer\n",
+        ),
+    }
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+/// Binds `listen` and checks the certificate before anything is served.
+pub async fn bind(listen: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("--listen {listen}: {e}"))
+}
