@@ -291,7 +291,10 @@ async fn route(req: Request<Incoming>, defaults: &Defaults) -> Response<Full<Byt
         Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "AdmissionReview too large\n"),
     };
     let answer = review(&body, mode, defaults);
-    match serde_json::to_vec(&answer) {
+    match serde_json::to_value(&answer)
+        .map(base64_patch)
+        .and_then(|v| serde_json::to_vec(&v))
+    {
         Ok(json) => {
             let mut r = Response::new(Full::new(Bytes::from(json)));
             r.headers_mut().insert(
@@ -305,6 +308,24 @@ async fn route(req: Request<Incoming>, defaults: &Defaults) -> Response<Full<Byt
             "cannot encode the answer\n",
         ),
     }
+}
+
+/// kube-core serialises `response.patch` (bytes) as an array of numbers; the documented
+/// AdmissionReview wire format is a base64 string, which is what is sent.
+fn base64_patch(mut review: serde_json::Value) -> serde_json::Value {
+    use base64::Engine as _;
+    if let Some(patch) = review.pointer_mut("/response/patch") {
+        if let Some(bytes) = patch.as_array().map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect::<Vec<u8>>()
+        }) {
+            *patch = base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .into();
+        }
+    }
+    review
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
