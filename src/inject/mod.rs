@@ -314,16 +314,16 @@ async fn route(req: Request<Incoming>, defaults: &Defaults) -> Response<Full<Byt
 /// AdmissionReview wire format is a base64 string, which is what is sent.
 fn base64_patch(mut review: serde_json::Value) -> serde_json::Value {
     use base64::Engine as _;
-    if let Some(patch) = review.pointer_mut("/response/patch") {
-        if let Some(bytes) = patch.as_array().map(|a| {
+    if let Some(patch) = review.pointer_mut("/response/patch")
+        && let Some(bytes) = patch.as_array().map(|a| {
             a.iter()
                 .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
                 .collect::<Vec<u8>>()
-        }) {
-            *patch = base64::engine::general_purpose::STANDARD
-                .encode(bytes)
-                .into();
-        }
+        })
+    {
+        *patch = base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into();
     }
     review
 }

@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 pub const LABEL: &str = "jwtgate.io/inject";
 pub const STATUS: &str = "jwtgate.io/status";
+/// Label on every pod carrying the sidecar: what the PodMonitor selects.
+pub const SIDECAR_LABEL: &str = "jwtgate.io/sidecar";
 pub const CONTAINER: &str = "jwtgate";
 const CONFIG_VOLUME: &str = "jwtgate-config";
 const STATE_VOLUME: &str = "jwtgate-state";
@@ -262,6 +264,10 @@ fn is_dns_label(v: &str) -> bool {
 
 fn inject(mut pod: Pod, s: &Settings, d: &Defaults) -> Pod {
     let container = sidecar(s, d);
+    pod.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(SIDECAR_LABEL.into(), "injected".into());
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(STATUS.into(), "injected".into());
     annotations.insert("prometheus.io/scrape".into(), "true".into());
@@ -458,6 +464,7 @@ mod tests {
         let ann = out.metadata.annotations.unwrap();
         assert_eq!(ann[STATUS], "injected");
         assert_eq!(ann["prometheus.io/port"], "9901");
+        assert_eq!(out.metadata.labels.unwrap()[SIDECAR_LABEL], "injected");
         let spec = out.spec.unwrap();
         let c = spec
             .containers
