@@ -47,6 +47,10 @@ enum Command {
         /// Override [upstream] url.
         #[arg(long)]
         upstream: Option<String>,
+        /// Runtime worker threads (default: one per core). 1 runs everything on the calling
+        /// thread (tokio current_thread): the cheapest per request for a one-core sidecar.
+        #[arg(long, env = "JWTGATE_THREADS")]
+        threads: Option<usize>,
     },
     /// Validate a config and print the effective config; exit 64 listing every problem.
     Check {
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
             listen,
             admin_listen,
             upstream,
+            threads,
         } => {
             let config = match load(&config, listen, admin_listen, upstream) {
                 Ok(c) => c,
@@ -101,7 +106,7 @@ fn main() -> ExitCode {
             for i in config.issuers_without_audience_check() {
                 tracing::warn!(issuer = %i.name, "skip_audience_check = true: tokens for any audience of this issuer are accepted");
             }
-            run(async move {
+            run_with(threads, async move {
                 let app = App::bind(config).await?;
                 app.run(shutdown_signal()).await?;
                 Ok(())
@@ -189,10 +194,30 @@ fn load(
 }
 
 fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    run_with(None, fut)
+}
+
+fn run_with(
+    threads: Option<usize>,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let runtime = match threads {
+        Some(0) => {
+            eprintln!("config error: --threads: must be at least 1");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

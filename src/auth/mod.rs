@@ -59,6 +59,9 @@ pub struct Verified {
     /// `client_id`, else `azp`.
     pub client: Option<Box<str>>,
     pub entity_id: Option<Box<str>>,
+    /// The payload segment as a header value (base64url is always a valid value), built
+    /// once so cache hits forward it without copying.
+    pub claims_header: http::HeaderValue,
     /// Revocation fingerprints, computed on first use and reused by cache hits.
     pub revocation_fps: std::sync::OnceLock<crate::revocation::TokenFingerprints>,
 }
@@ -276,7 +279,11 @@ impl Authenticator {
             }
         }
 
+        let claims_header = http::HeaderValue::from_str(seg.payload).map_err(|_| {
+            Reject::new(Reason::Malformed, "token payload is not a header value")
+        })?;
         let verified = Arc::new(Verified {
+            claims_header,
             issuer: issuer_idx,
             kid: key.kid.as_deref().map(Into::into),
             key_id: key.id,
