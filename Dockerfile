@@ -13,6 +13,7 @@ RUN mkdir -p src benches examples \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/revocation.rs \
+ && echo 'fn main() {}' > benches/auth.rs \
  && echo 'fn main() {}' > examples/revocation_memory.rs \
  && cargo build --release --locked --bin jwtgate \
  && rm -rf src benches examples

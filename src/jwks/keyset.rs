@@ -39,6 +39,10 @@ pub struct VerifyKey {
     /// The JWK's own `alg`, when it named one jwtgate supports.
     pub alg: Option<Algorithm>,
     pub key: DecodingKey,
+    /// RSA only: the public key parsed once per algorithm (RS256/384/512, PS256/384/512).
+    /// jsonwebtoken hands aws-lc the raw (n, e) and has it re-parse them on every verify;
+    /// keeping the parsed key saves that work on every first-seen RS*/PS* token.
+    pub rsa: Option<Box<[aws_lc_rs::signature::ParsedPublicKey; 6]>>,
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -189,6 +193,7 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
             Some(Algorithm::from_name(name).ok_or_else(|| format!("unsupported alg {name:?}"))?)
         }
     };
+    let mut rsa = None;
     let (kind, material, key) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
         ("RSA", _) => {
             let n = b64("n", jwk.n.as_deref())?;
@@ -205,6 +210,7 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
                 return Err("RSA exponent out of range".into());
             }
             let key = DecodingKey::from_rsa_raw_components(n_trim, e_trim);
+            rsa = Some(parse_rsa(n_trim, e_trim)?);
             (KeyKind::Rsa, [n_trim, e_trim].concat(), key)
         }
         ("EC", Some(crv @ ("P-256" | "P-384"))) => {
@@ -241,6 +247,7 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
         kind,
         alg: None,
         key: DecodingKey::from_secret(&[]),
+        rsa: None,
     };
     if let Some(a) = alg
         && !probe.fits(a)
@@ -254,7 +261,41 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
         kind,
         alg,
         key,
+        rsa,
     })
+}
+
+/// Index of an RS*/PS* algorithm in [`VerifyKey::rsa`].
+pub fn rsa_index(alg: Algorithm) -> Option<usize> {
+    match alg {
+        Algorithm::RS256 => Some(0),
+        Algorithm::RS384 => Some(1),
+        Algorithm::RS512 => Some(2),
+        Algorithm::PS256 => Some(3),
+        Algorithm::PS384 => Some(4),
+        Algorithm::PS512 => Some(5),
+        _ => None,
+    }
+}
+
+fn parse_rsa(
+    n: &[u8],
+    e: &[u8],
+) -> Result<Box<[aws_lc_rs::signature::ParsedPublicKey; 6]>, String> {
+    use aws_lc_rs::signature as sig;
+    let c = sig::RsaPublicKeyComponents { n, e };
+    let p = |params: &'static sig::RsaParameters| {
+        c.to_parsed_public_key(params)
+            .map_err(|_| "RSA public key rejected by aws-lc".to_owned())
+    };
+    Ok(Box::new([
+        p(&sig::RSA_PKCS1_2048_8192_SHA256)?,
+        p(&sig::RSA_PKCS1_2048_8192_SHA384)?,
+        p(&sig::RSA_PKCS1_2048_8192_SHA512)?,
+        p(&sig::RSA_PSS_2048_8192_SHA256)?,
+        p(&sig::RSA_PSS_2048_8192_SHA384)?,
+        p(&sig::RSA_PSS_2048_8192_SHA512)?,
+    ]))
 }
 
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {

@@ -131,6 +131,20 @@ impl IssuerKeys {
         })
     }
 
+    /// Installs a key set from a JWKS document as if it had been fetched (benchmarks, and
+    /// tests that need keys without a key manager). Returns the number of usable keys.
+    pub fn load_document(&self, jwks: &[u8]) -> Result<usize, String> {
+        let set = KeySet::parse(jwks)?;
+        let n = set.len();
+        self.metrics.keys.set(n as i64);
+        self.current.store(Some(Arc::new(Loaded {
+            set: Arc::new(set),
+            confirmed_at: Instant::now(),
+        })));
+        self.ever_loaded.store(true, Ordering::Release);
+        Ok(n)
+    }
+
     /// Whether a key set was ever loaded (readiness).
     pub fn has_keys(&self) -> bool {
         self.ever_loaded.load(Ordering::Acquire)
