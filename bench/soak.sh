@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Soak: jwtgate under steady load for SOAK_S seconds (default 600) while short-lived
+# revocations are pushed every second (they expire after 30 s, so pruning keeps the list at
+# a steady state). Samples RSS every 10 s; reports RSS growth after warm-up and errors.
+#
+#   bench/soak.sh [PEERS_STATE_DIR]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+state="${1:-/tmp/jwtgate-bench/peers/state}"
+bin="$root/target/release/jwtgate"
+soak="${SOAK_S:-600}"; conns="${CONNS:-16}"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx.err;
+daemon off;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:18580;
+    keepalive_requests 1000000;
+    location = /jwks.json { default_type application/json; alias $state/jwks.json; }
+    location / { return 200 "ok"; }
+  }
+}
+NGINX
+taskset -c 0 nginx -c "$work/nginx.conf" & pids+=($!)
+cat > "$work/jwtgate.toml" <<TOML
+[server]
+listen = "127.0.0.1:18581"
+admin_listen = "127.0.0.1:18591"
+shutdown_delay_s = 0
+[upstream]
+url = "http://127.0.0.1:18580"
+[[issuers]]
+name = "bench"
+issuer = "https://issuer.bench.local"
+jwks_uri = "http://127.0.0.1:18580/jwks.json"
+audiences = ["bench-api"]
+algorithms = ["RS256", "ES256"]
+[revocation]
+push_token = "bench-push-token-0123456789"
+max_token_lifetime_s = 400000000
+TOML
+taskset -c 1 "$bin" serve --threads 1 --config "$work/jwtgate.toml" 2>"$work/jwtgate.log" & jg=$!; pids+=($jg)
+for _ in $(seq 100); do curl -sf http://127.0.0.1:18591/readyz >/dev/null && break; sleep 0.1; done
+token="$(cat "$state/tokens/valid-rs256.jwt")"
+
+# Revocations: 1000 short-lived jti records a second.
+python3 - "$soak" <<'PY' &
+import json, sys, time, urllib.request
+end = time.time() + int(sys.argv[1])
+i = 0
+while time.time() < end:
+    now = int(time.time())
+    recs = [{"kind": "jti", "jti": f"soak-{i}-{k}", "exp": now + 30} for k in range(1000)]
+    req = urllib.request.Request("http://127.0.0.1:18591/revocations",
+        data=json.dumps({"revocations": recs}).encode(),
+        headers={"Authorization": "Bearer bench-push-token-0123456789"})
+    urllib.request.urlopen(req)
+    i += 1
+    time.sleep(max(0, 1 - (time.time() - now)))
+PY
+pids+=($!)
+
+taskset -c 0 wrk -t1 -c"$conns" -d"${soak}s" -H "Authorization: Bearer $token" http://127.0.0.1:18581/ > "$work/wrk.txt" &
+wrk_pid=$!; pids+=($wrk_pid)
+echo -e "t_s\trss_kB\trevocations" > "$work/rss.tsv"
+t=0
+while kill -0 "$wrk_pid" 2>/dev/null; do
+  rss=$(awk '/VmRSS/ {print $2}' "/proc/$jg/status")
+  recs=$(curl -s http://127.0.0.1:18591/metrics | awk '/^jwtgate_revocations\{kind="jti"\}/ {print $2}')
+  echo -e "$t\t$rss\t$recs" >> "$work/rss.tsv"
+  sleep 10; t=$((t + 10))
+done
+wait "$wrk_pid" || true
+cat "$work/wrk.txt"
+cat "$work/rss.tsv"
+curl -s http://127.0.0.1:18591/metrics | grep -E '^jwtgate_(requests_total|upstream_errors_total|revocations_pruned_total|revocations\{)'
+python3 - "$work/rss.tsv" <<'PY'
+import sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n")[1:] if l]
+rss = [int(r[1]) for r in rows]
+warm = [int(r[1]) for r in rows if int(r[0]) >= 120]
+if warm:
+    print(f"RSS after 2 min warm-up: first {warm[0]} kB, last {warm[-1]} kB, max {max(warm)} kB, "
+          f"growth {100 * (warm[-1] - warm[0]) / warm[0]:+.1f} % (max {100 * (max(warm) - warm[0]) / warm[0]:+.1f} %)")
+PY
