@@ -508,6 +508,35 @@ impl Config {
         }
     }
 
+    /// Checks that only make sense on the host that serves (`jwtgate serve`, not `check`,
+    /// which may run outside the pod): the snapshot's directory must exist.
+    pub fn check_runtime_paths(&self) -> Result<(), ConfigErrors> {
+        let Some(path) = self
+            .revocation
+            .as_ref()
+            .and_then(|r| r.snapshot_path.as_ref())
+        else {
+            return Ok(());
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            return Err(ConfigErrors::one(
+                "revocation.snapshot_path",
+                format!("directory {} does not exist", dir.display()),
+            ));
+        }
+        if path.is_dir() {
+            return Err(ConfigErrors::one(
+                "revocation.snapshot_path",
+                "is a directory; name a file in it",
+            ));
+        }
+        Ok(())
+    }
+
     /// Issuers that opted out of the audience check: `serve` warns about each at start.
     pub fn issuers_without_audience_check(&self) -> impl Iterator<Item = &IssuerConfig> {
         self.issuers.iter().filter(|i| i.skip_audience_check)
@@ -1020,9 +1049,10 @@ fn validate_revocation(raw: RawRevocation, p: &mut Problems) -> RevocationConfig
             OnStale::Reject
         }
     };
+    let snapshot_path = raw.snapshot_path.map(PathBuf::from);
     RevocationConfig {
         feed,
-        snapshot_path: raw.snapshot_path.map(PathBuf::from),
+        snapshot_path,
         push_token,
         notify,
         max_token_lifetime_s,

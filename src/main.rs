@@ -103,6 +103,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if let Err(e) = config.check_runtime_paths() {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             for i in config.issuers_without_audience_check() {
                 tracing::warn!(issuer = %i.name, "skip_audience_check = true: tokens for any audience of this issuer are accepted");
             }

@@ -286,3 +286,39 @@ audiences = ["{AUD}"]
         }
     }
 }
+
+#[test]
+fn serve_refuses_a_snapshot_path_whose_directory_is_missing() {
+    let cfg = write_config(
+        r#"
+[upstream]
+url = "http://127.0.0.1:8081"
+[[issuers]]
+issuer = "https://km.example.com/oauth2/token"
+jwks_uri = "https://km.example.com/oauth2/jwks"
+audiences = ["a"]
+[revocation]
+snapshot_path = "/nonexistent-jwtgate-dir/revocations.snapshot"
+"#,
+    );
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("revocation.snapshot_path"), "{err}");
+    // `check` validates the file, not the host it may run on.
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&cfg.0)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -31,6 +31,8 @@ pub use record::{Kind, Record};
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 /// How long changes are batched before the snapshot is written.
 const SNAPSHOT_DEBOUNCE: Duration = Duration::from_millis(200);
+/// How often a failed snapshot write is retried.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Revocation {
     list: RevocationList,
@@ -251,7 +253,7 @@ impl Revocation {
         match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "revocation snapshot not written; will retry");
+                tracing::error!(error = %e, "revocation snapshot not written; retrying every 5 s");
                 self.dirty.store(true, Ordering::Release);
             }
             Err(e) => {
@@ -287,6 +289,9 @@ impl Revocation {
                             tokio::time::sleep(SNAPSHOT_DEBOUNCE).await;
                             me.flush().await;
                         }
+                        // A write that failed (disk full, …) is retried without waiting for
+                        // the next change.
+                        _ = tokio::time::sleep(SNAPSHOT_RETRY) => me.flush().await,
                         _ = s.changed() => {
                             me.flush().await;
                             return;
