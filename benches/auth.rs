@@ -40,7 +40,7 @@ max_entries = {}
         Arc::new(IssuerKeys::new(&config.issuers[0], &config.jwks, metrics.issuer("km")).unwrap());
     let doc = json!({"keys": keys.iter().map(|k| k.public_jwk(None)).collect::<Vec<_>>()});
     ik.load_document(doc.to_string().as_bytes()).unwrap();
-    Authenticator::new(&config, &[ik], Arc::new(SystemClock), metrics)
+    Authenticator::new(&config, &[ik], None, Arc::new(SystemClock), metrics)
 }
 
 fn claims() -> serde_json::Value {

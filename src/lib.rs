@@ -154,7 +154,13 @@ impl App {
             background.extend(rev.spawn_tasks(stop_rx.clone()));
         }
 
-        let auth = Arc::new(Authenticator::new(&config, &keys, clock, metrics.clone()));
+        let auth = Arc::new(Authenticator::new(
+            &config,
+            &keys,
+            revocation.clone(),
+            clock,
+            metrics.clone(),
+        ));
         let lifecycle = Arc::new(admin::Lifecycle::new(
             keys.clone(),
             revocation.clone(),

@@ -21,9 +21,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Algorithm, Config, IssuerConfig, normalize_typ};
+use crate::config::{Algorithm, Config, IssuerConfig, Profile, normalize_typ};
 use crate::jwks::{IssuerKeys, KeyError, KeySet, VerifyKey};
 use crate::metrics::Metrics;
+use crate::revocation::{Facts, Revocation, TokenFingerprints};
 pub use reject::{Reason, Reject};
 
 /// At most this many keys are tried for a token without `kid`.
@@ -45,25 +46,29 @@ impl Clock for SystemClock {
 }
 
 /// What a verified token leaves behind for the rest of the pipeline.
-#[derive(Debug)]
+///
+/// Kept small on purpose: one lives in the verified-token cache per distinct token.
 pub struct Verified {
     /// Index of the issuer in the config.
     pub issuer: usize,
-    kid: Option<Box<str>>,
-    key_id: u64,
+    /// The key that verified the token (a cache hit counts only while it is published).
+    key: Arc<VerifyKey>,
     pub exp: i64,
     pub nbf: Option<i64>,
     pub iat: Option<i64>,
-    pub sub: Option<Box<str>>,
-    pub jti: Option<Box<str>>,
-    /// `client_id`, else `azp`.
-    pub client: Option<Box<str>>,
-    pub entity_id: Option<Box<str>>,
-    /// The payload segment as a header value (base64url is always a valid value), built
-    /// once so cache hits forward it without copying.
-    pub claims_header: http::HeaderValue,
-    /// Revocation fingerprints, computed on first use and reused by cache hits.
-    pub revocation_fps: std::sync::OnceLock<crate::revocation::TokenFingerprints>,
+    /// Revocation fingerprints of the token, computed once at verification (when
+    /// revocation is on), so cache hits only probe the tables.
+    pub revocation_fps: Option<TokenFingerprints>,
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified")
+            .field("issuer", &self.issuer)
+            .field("kid", &self.key.kid)
+            .field("exp", &self.exp)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A token's SHA-256: the verified-cache key; its first 4 bytes are the log fingerprint.
@@ -96,6 +101,8 @@ pub struct Authenticator {
     max_token_bytes: usize,
     /// While revocation is on: `max_token_lifetime_s` and `require_jti`.
     lifetime: Option<(i64, bool)>,
+    /// While revocation is on: the list whose key fingerprints verified tokens.
+    revocation: Option<Arc<Revocation>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -117,6 +124,7 @@ impl Authenticator {
     pub fn new(
         config: &Config,
         keys: &[Arc<IssuerKeys>],
+        revocation: Option<Arc<Revocation>>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Authenticator {
@@ -149,6 +157,7 @@ impl Authenticator {
                 .revocation
                 .as_ref()
                 .map(|r| (r.max_token_lifetime_s as i64, r.require_jti)),
+            revocation,
             clock,
             metrics,
         }
@@ -279,21 +288,25 @@ impl Authenticator {
             }
         }
 
-        let claims_header = http::HeaderValue::from_str(seg.payload)
-            .map_err(|_| Reject::new(Reason::Malformed, "token payload is not a header value"))?;
+        let revocation_fps = self.revocation.as_ref().map(|rev| {
+            rev.list().fingerprints(&Facts {
+                iss: &issuer.cfg.issuer,
+                wso2: issuer.cfg.profile == Profile::Wso2,
+                jti: claims.jti.as_deref(),
+                sub: claims.sub.as_deref(),
+                client: claims.client_id.as_deref().or(claims.azp.as_deref()),
+                entity_id: claims.entity_id.as_deref(),
+                signature: seg.signature,
+                iat: claims.iat.map(|d| d.0),
+            })
+        });
         let verified = Arc::new(Verified {
-            claims_header,
             issuer: issuer_idx,
-            kid: key.kid.as_deref().map(Into::into),
-            key_id: key.id,
+            key,
             exp,
             nbf: claims.nbf.map(|d| d.0),
             iat: claims.iat.map(|d| d.0),
-            sub: claims.sub.map(Into::into),
-            jti: claims.jti.map(Into::into),
-            client: claims.client_id.or(claims.azp).map(Into::into),
-            entity_id: claims.entity_id.map(Into::into),
-            revocation_fps: std::sync::OnceLock::new(),
+            revocation_fps,
         });
         if let Some(cache) = &self.cache {
             cache.insert(*hash, verified.clone());
@@ -311,7 +324,7 @@ impl Authenticator {
             && issuer
                 .keys
                 .current()
-                .is_ok_and(|set| set.contains(v.kid.as_deref(), v.key_id))
+                .is_ok_and(|set| set.contains(v.key.kid.as_deref(), v.key.id))
     }
 
     async fn verify_signature(

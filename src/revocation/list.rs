@@ -171,10 +171,11 @@ impl<V: Copy> Shards<V> {
 pub(crate) type Entries = (Vec<(u64, u32)>, Vec<(u64, RuleValue)>);
 
 /// The fingerprints of one token (see [`RevocationList::fingerprints`]).
+/// Absent identifiers are 0 (a real fingerprint is never 0, see `fp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenFingerprints {
-    ids: [Option<u64>; 3],
-    rules: [Option<u64>; 6],
+    ids: [u64; 3],
+    rules: [u64; 6],
 }
 
 /// What a token offers to the list.
@@ -234,7 +235,8 @@ impl RevocationList {
         h.write(scope.as_bytes());
         h.write_u8(0xff); // never inside UTF-8: separates scope from id
         h.write(id.as_bytes());
-        h.finish()
+        // 0 marks "absent" in `TokenFingerprints`; mapping it to 1 adds a 2^-64 match.
+        h.finish().max(1)
     }
 
     /// Records held, per kind.
@@ -308,8 +310,8 @@ impl RevocationList {
     /// Every fingerprint a token can be matched by. They depend only on the token and the
     /// list's key, so a verified token computes them once and its cache hits reuse them.
     pub fn fingerprints(&self, t: &Facts<'_>) -> TokenFingerprints {
-        let fp = |target, scope, id: Option<&str>| id.map(|id| self.fp(target, scope, id));
-        let wso2 = |target, id: Option<&str>| if t.wso2 { fp(target, "", id) } else { None };
+        let fp = |target, scope, id: Option<&str>| id.map_or(0, |id| self.fp(target, scope, id));
+        let wso2 = |target, id: Option<&str>| if t.wso2 { fp(target, "", id) } else { 0 };
         let signature = (!t.signature.is_empty()).then_some(t.signature);
         TokenFingerprints {
             ids: [
@@ -332,9 +334,9 @@ impl RevocationList {
     pub fn is_revoked_fps(&self, fps: &TokenFingerprints, iat: Option<i64>) -> bool {
         fps.ids
             .iter()
-            .flatten()
+            .filter(|fp| **fp != 0)
             .any(|fp| self.ids.get(*fp).is_some())
-            || fps.rules.iter().flatten().any(|fp| {
+            || fps.rules.iter().filter(|fp| **fp != 0).any(|fp| {
                 self.rules
                     .get(*fp)
                     .is_some_and(|r| iat.is_none_or(|iat| iat <= r.revoked_at))

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# RSS of jwtgate with a full verified-token cache: N distinct ES256 tokens (default 100 000,
+# the default [cache] max_entries), each sent once, then wrk on one of them.
+#
+#   bench/token_cache_memory.sh [PEERS_DIR]      # PEERS_DIR: a copy of ../shared/bench/peers after setup.sh
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+peers="${1:-/tmp/jwtgate-bench/peers}"; state="$peers/state"
+bin="$root/target/release/jwtgate"; n="${TOKENS:-100000}"
+work="$(mktemp -d)"; pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx.err;
+daemon off;
+events { worker_connections 1024; }
+http { access_log off; server { listen 127.0.0.1:18680; keepalive_requests 1000000;
+  location = /jwks.json { default_type application/json; alias $state/jwks.json; }
+  location / { return 200 "ok"; } } }
+NGINX
+taskset -c 0 nginx -c "$work/nginx.conf" & pids+=($!)
+cat > "$work/jwtgate.toml" <<TOML
+[server]
+listen = "127.0.0.1:18681"
+admin_listen = "127.0.0.1:18691"
+shutdown_delay_s = 0
+[upstream]
+url = "http://127.0.0.1:18680"
+[[issuers]]
+name = "bench"
+issuer = "https://issuer.bench.local"
+jwks_uri = "http://127.0.0.1:18680/jwks.json"
+audiences = ["bench-api"]
+algorithms = ["RS256", "ES256"]
+[revocation]
+push_token = "bench-push-token-0123456789"
+max_token_lifetime_s = 400000000
+TOML
+taskset -c 1 "$bin" serve --threads 1 --config "$work/jwtgate.toml" 2>"$work/jwtgate.log" & jg=$!; pids+=($jg)
+for _ in $(seq 100); do curl -sf http://127.0.0.1:18691/readyz >/dev/null && break; sleep 0.1; done
+echo "idle RSS: $(awk '/VmRSS/ {print $2}' /proc/$jg/status) kB"
+"$peers/.venv/bin/python" - "$state/keys/es256.key.pem" "$n" <<'PY'
+import http.client, sys, time, jwt
+key = open(sys.argv[1]).read(); n = int(sys.argv[2]); now = int(time.time())
+conn = http.client.HTTPConnection("127.0.0.1", 18681)
+for i in range(n):
+    t = jwt.encode({"iss": "https://issuer.bench.local", "aud": "bench-api", "sub": f"user-{i}",
+                    "iat": now, "exp": now + 3600, "jti": f"cache-{i}", "scope": "orders:read"},
+                   key, algorithm="ES256", headers={"kid": "bench-es256-1"})
+    conn.request("GET", "/", headers={"Authorization": f"Bearer {t}"})
+    r = conn.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+curl -s http://127.0.0.1:18691/metrics | grep -E '^jwtgate_token_cache_(hits|misses)_total'
+echo "RSS with $n cached tokens: $(awk '/VmRSS/ {print $2}' /proc/$jg/status) kB"
+token="$(cat "$state/tokens/valid-es256.jwt")"
+taskset -c 0 wrk -t1 -c32 -d10s -H "Authorization: Bearer $token" http://127.0.0.1:18681/ | grep Requests/sec
+echo "RSS under load, full cache: $(awk '/VmRSS/ {print $2}' /proc/$jg/status) kB, peak $(awk '/VmHWM/ {print $2}' /proc/$jg/status) kB"
