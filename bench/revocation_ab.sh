@@ -9,57 +9,13 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 state="${1:-/tmp/jwtgate-bench/peers/state}"
-bin="$root/target/release/jwtgate"
 rounds="${ROUNDS:-5}"; duration="${DURATION:-8s}"; records="${RECORDS:-1000000}"
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-daemon off;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:18480;
-    keepalive_requests 1000000;
-    location = /jwks.json { default_type application/json; alias $state/jwks.json; }
-    location / { return 200 "ok"; }
-  }
-}
-NGINX
-taskset -c 0 nginx -c "$work/nginx.conf" & pids+=($!)
-
-start() { # name port admin
-  cat > "$work/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$2"
-admin_listen = "127.0.0.1:$3"
-shutdown_delay_s = 0
-[upstream]
-url = "http://127.0.0.1:18480"
-[[issuers]]
-name = "bench"
-issuer = "https://issuer.bench.local"
-jwks_uri = "http://127.0.0.1:18480/jwks.json"
-audiences = ["bench-api"]
-algorithms = ["RS256", "ES256"]
-[revocation]
-push_token = "bench-push-token-0123456789"
-max_token_lifetime_s = 400000000
-TOML
-  taskset -c 1 "$bin" serve --threads 1 --config "$work/$1.toml" 2>"$work/$1.log" & pids+=($!)
-  eval "pid_$1=$!"
-}
-start a 18481 18491
-start b 18482 18492
-for p in 18491 18492; do
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/readyz" >/dev/null && break; sleep 0.1; done
-done
+work="$(mktemp -d)"; pids=()
+. "$root/bench/common.sh"
+start_upstream 18480
+start_jwtgate a 18481 18491 18480
+start_jwtgate b 18482 18492 18480
+pid_a=$jwtgate_pid_a; pid_b=$jwtgate_pid_b
 
 echo "loading $records jti records into B (pages of 10000)"
 python3 - "$records" <<'PY'
@@ -81,9 +37,7 @@ for port in 18481 18482; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/")
   [ "$code" = 200 ] || { echo "warm-up request to $port answered $code"; exit 1; }
 done
-rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-echo "RSS after load: A $(rss "$pid_a") kB, B $(rss "$pid_b") kB (peak B $(hwm "$pid_b") kB)"
+echo "RSS after load: A $(rss_kb "$pid_a") kB, B $(rss_kb "$pid_b") kB (peak B $(peak_kb "$pid_b") kB)"
 
 : > "$work/results.tsv"
 for r in $(seq "$rounds"); do
@@ -95,11 +49,11 @@ for r in $(seq "$rounds"); do
     echo -e "$r\t$v\t$rps" | tee -a "$work/results.tsv"
   done
 done
-python3 - "$work/results.tsv" <<'PY'
+python3 - "$work/results.tsv" "$records" <<'PY'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
-for v, name in (("a", "A: empty list"), ("b", "B: 1 M records")):
+for v, name in (("a", "A: empty list"), ("b", f"B: {int(sys.argv[2]):,} records")):
     xs = [float(r[2]) for r in rows if r[1] == v]
     print(f"{name}: median {statistics.median(xs):,.0f} req/s, range {min(xs):,.0f}-{max(xs):,.0f} ({len(xs)} rounds)")
 PY
-echo "RSS after the runs: A $(rss "$pid_a") kB, B $(rss "$pid_b") kB (peak A $(hwm "$pid_a") kB, B $(hwm "$pid_b") kB)"
+echo "RSS after the runs: A $(rss_kb "$pid_a") kB, B $(rss_kb "$pid_b") kB (peak A $(peak_kb "$pid_a") kB, B $(peak_kb "$pid_b") kB)"

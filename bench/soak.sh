@@ -7,49 +7,12 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 state="${1:-/tmp/jwtgate-bench/peers/state}"
-bin="$root/target/release/jwtgate"
 soak="${SOAK_S:-600}"; conns="${CONNS:-16}"
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-daemon off;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:18580;
-    keepalive_requests 1000000;
-    location = /jwks.json { default_type application/json; alias $state/jwks.json; }
-    location / { return 200 "ok"; }
-  }
-}
-NGINX
-taskset -c 0 nginx -c "$work/nginx.conf" & pids+=($!)
-cat > "$work/jwtgate.toml" <<TOML
-[server]
-listen = "127.0.0.1:18581"
-admin_listen = "127.0.0.1:18591"
-shutdown_delay_s = 0
-[upstream]
-url = "http://127.0.0.1:18580"
-[[issuers]]
-name = "bench"
-issuer = "https://issuer.bench.local"
-jwks_uri = "http://127.0.0.1:18580/jwks.json"
-audiences = ["bench-api"]
-algorithms = ["RS256", "ES256"]
-[revocation]
-push_token = "bench-push-token-0123456789"
-max_token_lifetime_s = 400000000
-TOML
-taskset -c 1 "$bin" serve --threads 1 --config "$work/jwtgate.toml" 2>"$work/jwtgate.log" & jg=$!; pids+=($jg)
-for _ in $(seq 100); do curl -sf http://127.0.0.1:18591/readyz >/dev/null && break; sleep 0.1; done
+work="$(mktemp -d)"; pids=()
+. "$root/bench/common.sh"
+start_upstream 18580
+start_jwtgate soak 18581 18591 18580
+jg=$jwtgate_pid_soak
 token="$(cat "$state/tokens/valid-rs256.jwt")"
 
 # Revocations: 1000 short-lived jti records a second.

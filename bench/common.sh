@@ -1,0 +1,57 @@
+# Shared pieces of the bench scripts (sourced). Each script sets: root, state, work, pids.
+
+bin="$root/target/release/jwtgate"
+[ -x "$bin" ] || (cd "$root" && cargo build --release --locked)
+
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# start_upstream PORT: nginx on CPU 0 answering 200 "ok", and the harness's JWKS at /jwks.json.
+start_upstream() {
+  cat > "$work/nginx-$1.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx-$1.pid;
+error_log $work/nginx-$1.err;
+daemon off;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$1;
+    keepalive_requests 1000000;
+    location = /jwks.json { default_type application/json; alias $state/jwks.json; }
+    location / { return 200 "ok"; }
+  }
+}
+NGINX
+  taskset -c 0 nginx -c "$work/nginx-$1.conf" & pids+=($!)
+}
+
+# start_jwtgate NAME PORT ADMIN_PORT UPSTREAM_PORT: jwtgate on CPU 1 (one thread, cache on,
+# revocation on with push only); sets jwtgate_pid_NAME and waits for /readyz.
+start_jwtgate() {
+  cat > "$work/$1.toml" <<TOML
+[server]
+listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$3"
+shutdown_delay_s = 0
+[upstream]
+url = "http://127.0.0.1:$4"
+[[issuers]]
+name = "bench"
+issuer = "https://issuer.bench.local"
+jwks_uri = "http://127.0.0.1:$4/jwks.json"
+audiences = ["bench-api"]
+algorithms = ["RS256", "ES256"]
+[revocation]
+push_token = "bench-push-token-0123456789"
+max_token_lifetime_s = 400000000
+TOML
+  taskset -c 1 "$bin" serve --threads 1 --config "$work/$1.toml" 2>"$work/$1.log" & pids+=($!)
+  eval "jwtgate_pid_$1=$!"
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$3/readyz" >/dev/null && return; sleep 0.1; done
+  echo "jwtgate $1 did not become ready; log:"; cat "$work/$1.log"; exit 1
+}
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+peak_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
