@@ -186,17 +186,9 @@ impl KeyManager {
     }
 
     async fn token(self: &Arc<Self>, req: Request<Incoming>) -> Resp {
-        let basic = basic_credentials(&req);
-        let form = match read_form(req).await {
-            Ok(f) => f,
+        let (client, form) = match self.client_form(req).await {
+            Ok(cf) => cf,
             Err(r) => return r,
-        };
-        let Some(client) = self.authenticate_client(basic, &form) else {
-            return oauth_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "client authentication failed",
-            );
         };
         let scope = form
             .get("scope")
@@ -256,17 +248,9 @@ impl KeyManager {
     /// RFC 7009: the client revokes one of its tokens (access or refresh). Unknown or
     /// invalid tokens still answer 200.
     async fn revoke(self: &Arc<Self>, req: Request<Incoming>) -> Resp {
-        let basic = basic_credentials(&req);
-        let form = match read_form(req).await {
-            Ok(f) => f,
+        let (client, form) = match self.client_form(req).await {
+            Ok(cf) => cf,
             Err(r) => return r,
-        };
-        let Some(client) = self.authenticate_client(basic, &form) else {
-            return oauth_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "client authentication failed",
-            );
         };
         let Some(token) = form.get("token") else {
             return oauth_error(
@@ -474,6 +458,23 @@ impl KeyManager {
         s.revoked_jti.retain(|_, exp| *exp >= now);
         s.rules.retain(|_, t| *t + longest >= now);
         before - s.log.len()
+    }
+
+    /// Reads a form body and authenticates the client (Basic auth or form credentials).
+    async fn client_form(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(Client, HashMap<String, String>), Resp> {
+        let basic = basic_credentials(&req);
+        let form = read_form(req).await?;
+        match self.authenticate_client(basic, &form) {
+            Some(client) => Ok((client, form)),
+            None => Err(oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            )),
+        }
     }
 
     fn authenticate_client(
