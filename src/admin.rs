@@ -149,15 +149,7 @@ impl Admin {
     }
 
     fn bearer_ok(&self, req: &Request<Incoming>, expected: &str) -> bool {
-        let Some(v) = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return false;
-        };
-        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
-        scheme.eq_ignore_ascii_case("bearer") && constant_eq(token.trim(), expected)
+        credentials(req, "bearer").is_some_and(|token| constant_eq(token, expected))
     }
 
     async fn push(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -277,19 +269,19 @@ fn constant_eq(a: &str, b: &str) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
 }
 
+/// The credentials of an `Authorization: <scheme> <credentials>` header, scheme
+/// case-insensitive.
+fn credentials<'a>(req: &'a Request<Incoming>, scheme: &str) -> Option<&'a str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (s, rest) = v.split_once(' ')?;
+    s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
+}
+
 fn basic_ok(req: &Request<Incoming>, user: &str, pass: &str) -> bool {
-    let Some(v) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(b64) = credentials(req, "basic") else {
         return false;
     };
-    let (scheme, b64) = v.split_once(' ').unwrap_or((v, ""));
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return false;
-    }
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64) else {
         return false;
     };
     let Ok(decoded) = String::from_utf8(decoded) else {

@@ -13,6 +13,22 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_jwtgate"))
 }
 
+/// Runs `jwtgate check` and asserts it accepts the config.
+fn check_ok(path: &std::path::Path) -> std::process::Output {
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn write_config(text: &str) -> tempfile_path::TempPath {
     tempfile_path::TempPath::with(text)
 }
@@ -83,17 +99,7 @@ jwks_uri = "https://km.example.com/oauth2/jwks"
 skip_audience_check = true
 "#,
     );
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&cfg.0)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = check_ok(&cfg.0);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("max_token_bytes = 8192"), "{stdout}");
     assert!(stdout.contains("name = \"km.example.com\""), "{stdout}");
@@ -310,15 +316,5 @@ snapshot_path = "/nonexistent-jwtgate-dir/revocations.snapshot"
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("revocation.snapshot_path"), "{err}");
     // `check` validates the file, not the host it may run on.
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&cfg.0)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    check_ok(&cfg.0);
 }
