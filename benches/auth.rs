@@ -1,7 +1,8 @@
 //! Validation benchmarks (issue 5 §2): a verified-token cache hit and a full verification
 //! (cache off) for RS256, PS256, ES256 and EdDSA, through the same `Authenticator` the proxy
-//! uses; plus the whole per-request decision without sockets (extract → authenticate →
-//! revocation check) and header hygiene.
+//! uses; header hygiene; and the whole per-request path without sockets
+//! (`Proxy::prepare`: extract → hash → cache → revocation check → claims header → hygiene →
+//! upstream URI), with revocation on and 0 or 1 M records loaded.
 //!
 //! `cargo bench --bench auth`
 
@@ -18,7 +19,7 @@ use serde_json::json;
 
 const ISS: &str = "https://km.example.com:9443/oauth2/token";
 
-fn authenticator(cache: bool, keys: &[&DevKey]) -> Authenticator {
+fn config(cache: bool, revocation: bool) -> Config {
     let text = format!(
         r#"
 [upstream]
@@ -31,15 +32,30 @@ audiences = ["api://orders"]
 algorithms = ["RS256", "PS256", "ES256", "EdDSA"]
 [cache]
 max_entries = {}
+{}
 "#,
-        if cache { 100_000 } else { 0 }
+        if cache { 100_000 } else { 0 },
+        if revocation {
+            "[revocation]\npush_token = \"bench-push-token-0123456789\""
+        } else {
+            ""
+        }
     );
-    let config = Config::from_toml_str(&text, &|_| None).unwrap();
-    let metrics = Arc::new(Metrics::new());
+    Config::from_toml_str(&text, &|_| None).unwrap()
+}
+
+fn keys(config: &Config, metrics: &Metrics, keys: &[&DevKey]) -> Arc<IssuerKeys> {
     let ik =
         Arc::new(IssuerKeys::new(&config.issuers[0], &config.jwks, metrics.issuer("km")).unwrap());
     let doc = json!({"keys": keys.iter().map(|k| k.public_jwk(None)).collect::<Vec<_>>()});
     ik.load_document(doc.to_string().as_bytes()).unwrap();
+    ik
+}
+
+fn authenticator(cache: bool, keys_: &[&DevKey]) -> Authenticator {
+    let config = config(cache, false);
+    let metrics = Arc::new(Metrics::new());
+    let ik = keys(&config, &metrics, keys_);
     Authenticator::new(&config, &[ik], None, Arc::new(SystemClock), metrics)
 }
 
@@ -102,11 +118,12 @@ fn hygiene(c: &mut Criterion) {
     ] {
         base.insert(k, HeaderValue::from_static(v));
     }
+    let peer_ip = HeaderValue::from_static("10.1.2.3");
     c.bench_function("headers/strip_hop_by_hop_and_forwarded_for", |b| {
         b.iter(|| {
             let mut h = base.clone();
             jwtgate::proxy::headers::strip_hop_by_hop(&mut h, false);
-            jwtgate::proxy::headers::append_forwarded_for(&mut h, "10.1.2.3".parse().unwrap());
+            jwtgate::proxy::headers::append_forwarded_for(&mut h, &peer_ip);
             black_box(h)
         })
     });
@@ -124,5 +141,75 @@ fn hygiene(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, validation, hygiene);
+/// The whole per-request path without sockets, as the proxy runs it for a cached token.
+fn request_path(c: &mut Criterion) {
+    use jwtgate::proxy::{Peer, Proxy};
+    use jwtgate::revocation::Revocation;
+    use jwtgate::revocation::record::{Record, Target};
+    let rsa = DevKey::rsa("rsa");
+    let token = rsa.token_with(Algorithm::RS256, json!({}), &claims());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("request_path");
+    for records in [0usize, 1_000_000] {
+        let config = config(true, true);
+        let metrics = Arc::new(Metrics::new());
+        let ik = keys(&config, &metrics, &[&rsa]);
+        let clock = Arc::new(SystemClock);
+        let rev = Arc::new(Revocation::open(
+            config.revocation.clone().unwrap(),
+            clock.clone(),
+            metrics.clone(),
+            0,
+        ));
+        let batch: Vec<Record> = (0..records)
+            .map(|k| Record::Id {
+                target: Target::Jti,
+                id: format!("{k:08x}-7c1e-4b8a-9f0d-3e5a1c2b4d6f"),
+                exp: 2_000_000_000,
+            })
+            .collect();
+        rev.list().apply(&batch);
+        let auth = Arc::new(Authenticator::new(
+            &config,
+            &[ik],
+            Some(rev.clone()),
+            clock,
+            metrics.clone(),
+        ));
+        let proxy = Proxy::new(&config, auth, Some(rev), metrics);
+        let peer = Peer::new("10.1.2.3:50000".parse().unwrap());
+        let request = || {
+            http::Request::builder()
+                .uri("/orders/42?expand=items")
+                .header("host", "api.example.com")
+                .header("user-agent", "curl/8.5")
+                .header("accept", "*/*")
+                .header("authorization", format!("Bearer {token}"))
+                .header("connection", "keep-alive")
+                .body(())
+                .unwrap()
+        };
+        // Prime the verified-token cache.
+        assert!(rt.block_on(proxy.prepare(request(), &peer)).is_ok());
+        g.bench_with_input(
+            BenchmarkId::new("cached_rs256_revocation_records", records),
+            &records,
+            |b, _| {
+                b.iter_batched(
+                    request,
+                    |req| match rt.block_on(proxy.prepare(req, &peer)) {
+                        Ok(p) => black_box(p),
+                        Err(_) => panic!("rejected"),
+                    },
+                    criterion::BatchSize::SmallInput,
+                )
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, validation, hygiene, request_path);
 criterion_main!(benches);

@@ -87,7 +87,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Appends the client address to `X-Forwarded-For` (all client copies are joined first).
-pub fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
+/// Without client copies, the connection's pre-rendered value is reused as is.
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
     let mut joined = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -97,11 +98,12 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
             joined.push_str(s.trim());
         }
     }
-    if !joined.is_empty() {
-        joined.push_str(", ");
+    if joined.is_empty() {
+        headers.insert(X_FORWARDED_FOR, client.clone());
+        return;
     }
-    use std::fmt::Write as _;
-    let _ = write!(joined, "{client}");
+    joined.push_str(", ");
+    joined.push_str(client.to_str().unwrap_or("unknown"));
     headers.remove(&X_FORWARDED_FOR);
     if let Ok(v) = HeaderValue::from_str(&joined) {
         headers.insert(X_FORWARDED_FOR, v);
@@ -158,9 +160,17 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2"),
         ]);
-        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, &HeaderValue::from_static("127.0.0.1"));
         assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+    }
+
+    #[test]
+    fn forwarded_for_without_client_copies_is_the_peer_alone() {
+        let mut h = map(&[("x-forwarded-for", "  ")]);
+        append_forwarded_for(&mut h, &HeaderValue::from_static("10.0.0.9"));
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
     }
 
     #[test]

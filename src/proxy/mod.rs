@@ -74,6 +74,32 @@ impl Body for ForwardBody {
     }
 }
 
+/// The client end of a connection, with its `X-Forwarded-For` entry rendered once.
+#[derive(Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let forwarded_for = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer {
+            addr,
+            forwarded_for,
+        }
+    }
+}
+
+/// A request that passed every check, rewritten for the upstream.
+#[derive(Debug)]
+pub struct Prepared<B> {
+    pub request: Request<B>,
+    /// The client side of a validated `Upgrade` handshake.
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
 pub struct Proxy {
     auth: Arc<Authenticator>,
     revocation: Option<Arc<Revocation>>,
@@ -154,9 +180,11 @@ impl Proxy {
                     };
                     let _ = tcp.set_nodelay(true);
                     let proxy = self.clone();
+                    let peer = Arc::new(Peer::new(peer));
                     let svc = hyper::service::service_fn(move |req| {
                         let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                        let peer = peer.clone();
+                        async move { Ok::<_, Infallible>(proxy.handle(req, &peer).await) }
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
                     let conn = graceful.watch(conn.into_owned());
@@ -180,22 +208,11 @@ impl Proxy {
     }
 
     /// One request, start to finish.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
         let start = Instant::now();
-        let response = match self.admit(&req).await {
-            Ok(claims) => self.forward(req, peer, claims).await,
-            Err((reject, fingerprint)) => {
-                self.metrics.request(Outcome::Rejected);
-                self.metrics.rejection(reject.reason);
-                tracing::debug!(
-                    reason = reject.reason.label(),
-                    token = fingerprint.as_deref().unwrap_or("-"),
-                    %peer,
-                    "request rejected: {}",
-                    reject.description
-                );
-                self.reject(reject)
-            }
+        let response = match self.prepare(req, peer).await {
+            Ok(prepared) => self.forward(prepared).await,
+            Err(rejected) => rejected,
         };
         self.metrics
             .request_duration
@@ -203,12 +220,88 @@ impl Proxy {
         response
     }
 
+    /// Everything a request goes through before upstream I/O: the token is authenticated
+    /// and revocation-checked, then the headers are cleaned and the URI pointed upstream.
+    /// A rejection comes back as the finished response (metrics counted, reason logged).
+    /// Generic over the body so the whole decision can be benchmarked without sockets.
+    pub async fn prepare<B>(
+        &self,
+        mut req: Request<B>,
+        peer: &Peer,
+    ) -> Result<Prepared<B>, Response<ResponseBody>> {
+        let claims = match self.admit(req.headers()).await {
+            Ok(claims) => claims,
+            Err((reject, fingerprint)) => {
+                self.metrics.request(Outcome::Rejected);
+                self.metrics.rejection(reject.reason);
+                tracing::debug!(
+                    reason = reject.reason.label(),
+                    token = fingerprint.as_deref().unwrap_or("-"),
+                    peer = %peer.addr,
+                    "request rejected: {}",
+                    reject.description
+                );
+                return Err(self.reject(reject));
+            }
+        };
+
+        let upgrade = req.version() == http::Version::HTTP_11
+            && req.headers().contains_key(header::UPGRADE)
+            && headers::connection_has(req.headers(), "upgrade");
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        let h = &mut parts.headers;
+        headers::strip_hop_by_hop(h, upgrade);
+        if h.remove(&self.claims_header).is_some() {
+            tracing::debug!(peer = %peer.addr, "client-sent claims header dropped");
+        }
+        h.insert(self.claims_header.clone(), claims);
+        if self.strip_authorization {
+            h.remove(header::AUTHORIZATION);
+        }
+        let host = h.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        if let Some(host) = host {
+            h.insert(headers::X_FORWARDED_HOST, host.clone());
+            h.entry(header::HOST).or_insert(host);
+        } else {
+            h.remove(headers::X_FORWARDED_HOST);
+        }
+        h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers::append_forwarded_for(h, &peer.forwarded_for);
+
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(self.upstream_scheme.clone());
+        uri.authority = Some(self.upstream_authority.clone());
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        parts.uri = match http::Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(_) => return Err(self.upstream_failed(UpstreamErrorKind::Other)),
+        };
+        parts.version = http::Version::HTTP_11;
+        Ok(Prepared {
+            request: Request::from_parts(parts, body),
+            client_upgrade,
+        })
+    }
+
     /// Extracts and authenticates the token; on success returns the claims header value.
     async fn admit(
         &self,
-        req: &Request<Incoming>,
+        headers: &http::HeaderMap,
     ) -> Result<HeaderValue, (Reject, Option<String>)> {
-        let token = bearer(req.headers()).map_err(|r| (r, None))?;
+        let token = bearer(headers).map_err(|r| (r, None))?;
         let hash = TokenHash::of(token);
         match self.auth.authenticate(token, &hash).await {
             Ok(v) => {
@@ -231,62 +324,16 @@ impl Proxy {
         }
     }
 
-    async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-        claims: HeaderValue,
-    ) -> Response<ResponseBody> {
-        let upgrade = req.version() == http::Version::HTTP_11
-            && req.headers().contains_key(header::UPGRADE)
-            && headers::connection_has(req.headers(), "upgrade");
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-
-        let (mut parts, body) = req.into_parts();
-        let h = &mut parts.headers;
-        headers::strip_hop_by_hop(h, upgrade);
-        if h.remove(&self.claims_header).is_some() {
-            tracing::debug!(%peer, "client-sent claims header dropped");
-        }
-        h.insert(self.claims_header.clone(), claims);
-        if self.strip_authorization {
-            h.remove(header::AUTHORIZATION);
-        }
-        let host = h.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        if let Some(host) = host {
-            h.insert(headers::X_FORWARDED_HOST, host.clone());
-            h.entry(header::HOST).or_insert(host);
-        } else {
-            h.remove(headers::X_FORWARDED_HOST);
-        }
-        h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        headers::append_forwarded_for(h, peer.ip());
-
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(self.upstream_scheme.clone());
-        uri.authority = Some(self.upstream_authority.clone());
-        uri.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        parts.uri = match http::Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(_) => return self.upstream_failed(UpstreamErrorKind::Other),
-        };
-        parts.version = http::Version::HTTP_11;
-        let body = ForwardBody {
-            inner: body,
+    async fn forward(&self, prepared: Prepared<Incoming>) -> Response<ResponseBody> {
+        let Prepared {
+            request,
+            client_upgrade,
+        } = prepared;
+        let upgrade = client_upgrade.is_some();
+        let upstream_req = request.map(|inner| ForwardBody {
+            inner,
             strip: self.claims_header.clone(),
-        };
-        let upstream_req = Request::from_parts(parts, body);
+        });
 
         let mut resp =
             match tokio::time::timeout(self.request_timeout, self.client.request(upstream_req))
