@@ -1,16 +1,18 @@
 //! Token → `Verified` claims, or a `Reject` with one reason.
 //!
 //! Order of checks (cheapest first; nothing after a failure runs):
-//! 1. size, alphabet, segment count — no decoding;
+//! 1. size;
 //! 2. verified-token cache (SHA-256 of the whole token): a hit is honoured only inside the
 //!    token's `exp`/`nbf` window and while its verifying key is still in the issuer's set;
-//! 3. header: `alg` on the allow-list of jwtgate, no `crit` (no extension is understood);
-//! 4. claims parsed once, `iss` picks the issuer (exact match); the issuer's `algorithms`
+//!    a hit skips everything below;
+//! 3. alphabet and segment count — no decoding;
+//! 4. header: `alg` on the allow-list of jwtgate, no `crit` (no extension is understood);
+//! 5. claims parsed once, `iss` picks the issuer (exact match); the issuer's `algorithms`
 //!    and `typ` lists apply;
-//! 5. key by `kid` (an unknown kid waits for one shared, rate-limited refetch), and the
+//! 6. key by `kid` (an unknown kid waits for one shared, rate-limited refetch), and the
 //!    key must fit `alg` (kty, crv, the JWK's own `alg`);
-//! 6. signature (jsonwebtoken, aws-lc-rs backend);
-//! 7. refresh-token markers, `exp` (required), `nbf`, `iat`, `aud` with `leeway_s`.
+//! 7. signature (jsonwebtoken, aws-lc-rs backend);
+//! 8. refresh-token markers, `exp` (required), `nbf`, `iat`, `aud` with `leeway_s`.
 //!
 //! This module knows nothing of HTTP: it takes a token string and a clock.
 
@@ -19,7 +21,6 @@ pub mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::{Algorithm, Config, IssuerConfig, Profile, normalize_typ};
 use crate::jwks::{IssuerKeys, KeyError, KeySet, VerifyKey};
@@ -72,8 +73,21 @@ impl std::fmt::Debug for Verified {
 }
 
 /// A token's SHA-256: the verified-cache key; its first 4 bytes are the log fingerprint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenHash(pub [u8; 32]);
+
+/// The cache hashes a digest that is already uniform: its first 8 bytes are the hash
+/// (with `IdentityHasher`). Hash flooding needs inserts, and only tokens whose signature
+/// verified are ever inserted, so an attacker cannot choose colliding keys.
+impl std::hash::Hash for TokenHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(prefix));
+    }
+}
+
+type CacheHasher = std::hash::BuildHasherDefault<crate::revocation::IdentityHasher>;
 
 impl TokenHash {
     pub fn of(token: &str) -> TokenHash {
@@ -97,7 +111,7 @@ struct Issuer {
 pub struct Authenticator {
     issuers: Vec<Issuer>,
     by_iss: HashMap<String, usize>,
-    cache: Option<moka::sync::Cache<TokenHash, Arc<Verified>>>,
+    cache: Option<moka::sync::Cache<TokenHash, Arc<Verified>, CacheHasher>>,
     max_token_bytes: usize,
     /// While revocation is on: `max_token_lifetime_s` and `require_jti`.
     lifetime: Option<(i64, bool)>,
@@ -105,19 +119,6 @@ pub struct Authenticator {
     revocation: Option<Arc<Revocation>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-}
-
-struct ExpireAtExp(Arc<dyn Clock>);
-
-impl moka::Expiry<TokenHash, Arc<Verified>> for ExpireAtExp {
-    fn expire_after_create(
-        &self,
-        _: &TokenHash,
-        v: &Arc<Verified>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs((v.exp - self.0.now()).max(0) as u64))
-    }
 }
 
 impl Authenticator {
@@ -142,11 +143,13 @@ impl Authenticator {
             .enumerate()
             .map(|(i, is)| (is.cfg.issuer.clone(), i))
             .collect();
+        // No per-entry expiry timer: every hit is checked against its own exp/nbf window
+        // (`still_valid`), and size-based eviction bounds memory; a timer per entry would
+        // cost memory and work on every insert for nothing.
         let cache = (config.cache.max_entries > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(config.cache.max_entries)
-                .expire_after(ExpireAtExp(clock.clone()))
-                .build()
+                .build_with_hasher(CacheHasher::default())
         });
         Authenticator {
             issuers,
@@ -174,8 +177,14 @@ impl Authenticator {
         token: &str,
         hash: &TokenHash,
     ) -> Result<Arc<Verified>, Reject> {
-        let seg = token::split(token, self.max_token_bytes)?;
-
+        if token.len() > self.max_token_bytes {
+            return Err(Reject::new(
+                Reason::TooLarge,
+                "token exceeds the size limit",
+            ));
+        }
+        // A hit means these exact bytes (same SHA-256) passed every check below before, so
+        // the structure scan is skipped on the hot path.
         if let Some(cache) = &self.cache {
             if let Some(hit) = cache.get(hash) {
                 if self.still_valid(&hit) {
@@ -186,6 +195,7 @@ impl Authenticator {
             }
             self.metrics.cache_misses.inc();
         }
+        let seg = token::split(token, self.max_token_bytes)?;
 
         let header = token::header(seg.header)?;
         let alg = Algorithm::from_name(&header.alg).ok_or(Reject::new(

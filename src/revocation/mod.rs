@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 use crate::auth::{Clock, Reason, Reject};
 use crate::config::{OnStale, RevocationConfig};
 use crate::metrics::{EventResult, Metrics, RevocationSource};
-pub use list::{Facts, RevocationList, TokenFingerprints};
+pub use list::{Facts, IdentityHasher, RevocationList, TokenFingerprints};
 pub use record::{Kind, Record};
 
 /// How often the cleanup sweep runs.
