@@ -6,7 +6,8 @@ bin="$root/target/release/jwtgate"
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-# start_upstream PORT: nginx on CPU 0 answering 200 "ok", and the harness's JWKS at /jwks.json.
+# start_upstream PORT: nginx on CPU 0 answering 200 "ok", and the harness's JWKS at /jwks.json
+# (every JWKS request is logged to $work/jwks-PORT.log: key-manager traffic is counted).
 start_upstream() {
   cat > "$work/nginx-$1.conf" <<NGINX
 worker_processes 1;
@@ -19,7 +20,10 @@ http {
   server {
     listen 127.0.0.1:$1;
     keepalive_requests 1000000;
-    location = /jwks.json { default_type application/json; alias $state/jwks.json; }
+    location = /jwks.json {
+      access_log $work/jwks-$1.log;
+      default_type application/json; alias $state/jwks.json;
+    }
     location / { return 200 "ok"; }
   }
 }
@@ -27,8 +31,8 @@ NGINX
   taskset -c 0 nginx -c "$work/nginx-$1.conf" & pids+=($!)
 }
 
-# start_jwtgate NAME PORT ADMIN_PORT UPSTREAM_PORT: jwtgate on CPU 1 (one thread, cache on,
-# revocation on with push only); sets jwtgate_pid_NAME and waits for /readyz.
+# start_jwtgate NAME PORT ADMIN_PORT UPSTREAM_PORT: jwtgate on CPU 1 (one thread, cache on
+# unless CACHE_ENTRIES=0, revocation on with push only); sets jwtgate_pid_NAME, waits for /readyz.
 start_jwtgate() {
   cat > "$work/$1.toml" <<TOML
 [server]
@@ -43,6 +47,8 @@ issuer = "https://issuer.bench.local"
 jwks_uri = "http://127.0.0.1:$4/jwks.json"
 audiences = ["bench-api"]
 algorithms = ["RS256", "ES256"]
+[cache]
+max_entries = ${CACHE_ENTRIES:-100000}
 [revocation]
 push_token = "bench-push-token-0123456789"
 max_token_lifetime_s = 400000000
@@ -55,3 +61,6 @@ TOML
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 peak_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+
+# cpu_ticks PID: user + system CPU time of a process so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
