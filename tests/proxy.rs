@@ -459,3 +459,118 @@ async fn metrics_pass_promtool() {
         assert!(text.contains(&format!("\n{family}")), "{family} missing");
     }
 }
+
+/// A hand-written HTTP/1.1 upstream that counts the connections it accepts. Per path:
+/// `/empty` answers 204, `/close` answers with `Connection: close` and closes, `/drop`
+/// answers normally and then closes the idle connection without saying so (as an upstream
+/// with a short keep-alive timeout does); anything else answers 200 "ok".
+async fn counting_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    buf.drain(..head_end);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let head_only = head.starts_with("HEAD ");
+                    let answer: &[u8] = match path.as_str() {
+                        "/empty" => b"HTTP/1.1 204 No Content\r\n\r\n",
+                        "/close" => {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                        }
+                        _ if head_only => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    };
+                    if tcp.write_all(answer).await.is_err() || path == "/close" {
+                        return;
+                    }
+                    if path == "/drop" {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_closed_ones_replaced() {
+    use std::sync::atomic::Ordering;
+    let key = DevKey::p256("k");
+    let (up, accepted) = counting_upstream().await;
+    let h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            upstream_url: Some(format!("http://{up}")),
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = key.token(&h.claims());
+    let get = |path: &'static str| {
+        let req = h.http.get(h.url(path)).bearer_auth(&token);
+        async move { req.send().await.unwrap() }
+    };
+
+    // Sequential requests, with and without a body, and HEAD: one upstream connection.
+    for path in ["/a", "/b", "/empty", "/c", "/empty", "/d"] {
+        let resp = get(path).await;
+        let expected = if path == "/empty" { 204 } else { 200 };
+        assert_eq!(resp.status(), expected, "{path}");
+        assert_eq!(
+            resp.text().await.unwrap(),
+            if expected == 200 { "ok" } else { "" }
+        );
+    }
+    let head = h
+        .http
+        .head(h.url("/h"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "connection not reused");
+
+    // `Connection: close` from the upstream: that connection is not reused.
+    assert_eq!(get("/close").await.status(), 200);
+    assert_eq!(get("/e").await.text().await.unwrap(), "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // The upstream silently closes an idle pooled connection: the next request is still
+    // answered (on a fresh connection), never with a 502.
+    assert_eq!(get("/drop").await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        assert_eq!(get("/f").await.text().await.unwrap(), "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        h.metric(r#"jwtgate_upstream_errors_total{kind="other"}"#)
+            .await,
+        0.0
+    );
+}

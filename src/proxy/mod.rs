@@ -5,6 +5,7 @@
 //! rejection is answered before any upstream I/O and before the request body is read.
 
 pub mod headers;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,8 +20,6 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
@@ -28,8 +27,9 @@ use crate::auth::{Authenticator, Reason, Reject, TokenHash};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
 use crate::revocation::Revocation;
+use upstream::{UpstreamBody, UpstreamError, UpstreamPool};
 
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// The request body as forwarded: streamed as is, with jwtgate's own header removed from
 /// any trailers the client sends.
@@ -103,9 +103,9 @@ pub struct Prepared<B> {
 pub struct Proxy {
     auth: Arc<Authenticator>,
     revocation: Option<Arc<Revocation>>,
-    client: Client<HttpConnector, ForwardBody>,
-    upstream_scheme: http::uri::Scheme,
-    upstream_authority: http::uri::Authority,
+    upstream: Arc<UpstreamPool>,
+    /// `Host` for requests that arrive without one (HTTP/1.0).
+    upstream_host: HeaderValue,
     request_timeout: std::time::Duration,
     claims_header: HeaderName,
     strip_authorization: bool,
@@ -120,25 +120,20 @@ impl Proxy {
         revocation: Option<Arc<Revocation>>,
         metrics: Arc<Metrics>,
     ) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.upstream.connect_timeout));
-        connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         let uri = &config.upstream.url;
         Proxy {
             auth,
             revocation,
-            client,
-            upstream_scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
-            upstream_authority: uri
+            upstream: UpstreamPool::new(
+                &config.upstream.url,
+                config.upstream.connect_timeout,
+                std::time::Duration::from_secs(90),
+                256,
+            ),
+            upstream_host: uri
                 .authority()
-                .cloned()
-                .unwrap_or_else(|| http::uri::Authority::from_static("127.0.0.1")),
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .unwrap_or_else(|| HeaderValue::from_static("127.0.0.1")),
             request_timeout: config.upstream.request_timeout,
             claims_header: config.forward.claims_header.clone(),
             strip_authorization: config.forward.strip_authorization,
@@ -271,24 +266,19 @@ impl Proxy {
             h.entry(header::HOST).or_insert(host);
         } else {
             h.remove(headers::X_FORWARDED_HOST);
+            h.insert(header::HOST, self.upstream_host.clone());
         }
         h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         headers::append_forwarded_for(h, &peer.forwarded_for);
 
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(self.upstream_scheme.clone());
-        uri.authority = Some(self.upstream_authority.clone());
-        uri.path_and_query = Some(
+        // Origin form (RFC 9112 §3.2.1): the upstream sees the path and query only.
+        parts.uri = http::Uri::from(
             parts
                 .uri
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
         );
-        parts.uri = match http::Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(_) => return Err(self.upstream_failed(UpstreamErrorKind::Other)),
-        };
         parts.version = http::Version::HTTP_11;
         Ok(Prepared {
             request: Request::from_parts(parts, body),
@@ -335,25 +325,26 @@ impl Proxy {
             strip: self.claims_header.clone(),
         });
 
-        let mut resp =
-            match tokio::time::timeout(self.request_timeout, self.client.request(upstream_req))
-                .await
-            {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(e)) => {
-                    let kind = if e.is_connect() {
-                        UpstreamErrorKind::Connect
-                    } else {
-                        UpstreamErrorKind::Other
-                    };
-                    tracing::warn!(error = %e, "upstream request failed");
-                    return self.upstream_failed(kind);
-                }
-                Err(_) => {
-                    tracing::warn!("upstream did not answer within request_timeout_ms");
-                    return self.upstream_failed(UpstreamErrorKind::Timeout);
-                }
-            };
+        let mut resp = match tokio::time::timeout(
+            self.request_timeout,
+            self.upstream.send(upstream_req),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                let kind = match e {
+                    UpstreamError::Connect(_) => UpstreamErrorKind::Connect,
+                    UpstreamError::Exchange(_) => UpstreamErrorKind::Other,
+                };
+                tracing::warn!(error = %e, "upstream request failed");
+                return self.upstream_failed(kind);
+            }
+            Err(_) => {
+                tracing::warn!("upstream did not answer within request_timeout_ms");
+                return self.upstream_failed(UpstreamErrorKind::Timeout);
+            }
+        };
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);

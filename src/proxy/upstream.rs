@@ -1,0 +1,210 @@
+//! The upstream side: a small pool of HTTP/1.1 keep-alive connections to the one upstream.
+//!
+//! Why not hyper-util's legacy `Client`: per request it builds a lazy connect future, looks
+//! the pool up by (scheme, authority) under a lock, and spawns a task that waits for the
+//! connection to become idle again. jwtgate has one upstream and HTTP/1.1 only, so a
+//! connection goes back to the pool when its response body ends (or is dropped after its
+//! end): no lookup, no extra task.
+//!
+//! A request that a pooled connection refused before sending anything (the upstream closed
+//! it while idle) is retried once on a fresh connection; nothing is ever sent twice.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use super::ForwardBody;
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to the upstream failed: {0}")]
+    Connect(String),
+    #[error("the upstream exchange failed: {0}")]
+    Exchange(#[from] hyper::Error),
+}
+
+struct Idle {
+    sender: SendRequest<ForwardBody>,
+    since: Instant,
+}
+
+/// Keep-alive connections to the upstream, shared by every request of the process.
+pub struct UpstreamPool {
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl UpstreamPool {
+    pub fn new(
+        uri: &http::Uri,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Arc<UpstreamPool> {
+        Arc::new(UpstreamPool {
+            host: uri
+                .host()
+                .unwrap_or("127.0.0.1")
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: uri.port_u16().unwrap_or(80),
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Sends one request and returns the response head; the body streams from the
+    /// connection, which rejoins the pool when the body has ended.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<ForwardBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        loop {
+            let (mut sender, reused) = match self.checkout().await {
+                Some(s) => (s, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let give_back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                        .then(|| (sender, self.clone()));
+                    return Ok(resp.map(|inner| UpstreamBody {
+                        inner,
+                        ended: false,
+                        give_back,
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written, and the connection was an idle one the upstream may
+                    // have closed meanwhile: safe to send on the next one.
+                    Some(back) if reused => {
+                        tracing::debug!(error = %e.error(), "pooled upstream connection refused the request; retrying");
+                        req = back;
+                    }
+                    _ => return Err(UpstreamError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// An idle connection that is still open and ready, if any.
+    async fn checkout(&self) -> Option<SendRequest<ForwardBody>> {
+        loop {
+            let idle = self.idle.lock().ok()?.pop()?;
+            if idle.sender.is_closed() || idle.since.elapsed() > self.idle_timeout {
+                continue;
+            }
+            let mut sender = idle.sender;
+            if sender.is_ready() || sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn checkin(&self, sender: SendRequest<ForwardBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.max_idle
+        {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ForwardBody>, UpstreamError> {
+        let connect = async {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| UpstreamError::Connect(format!("resolving {}: {e}", self.host)))?
+                .collect();
+            let mut last = None;
+            for addr in addrs {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Ok(tcp) => return Ok(tcp),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(UpstreamError::Connect(match last {
+                Some(e) => e.to_string(),
+                None => format!("{} resolved to no address", self.host),
+            }))
+        };
+        let tcp = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| UpstreamError::Connect("connect timeout".to_owned()))??;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A response body from the upstream. When it has been read to its end, its connection
+/// goes back to the pool; dropped before its end, the connection is closed.
+pub struct UpstreamBody {
+    inner: Incoming,
+    ended: bool,
+    give_back: Option<(SendRequest<ForwardBody>, Arc<UpstreamPool>)>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some((sender, pool)) = self.give_back.take()
+            && (self.ended || self.inner.is_end_stream())
+        {
+            pool.checkin(sender);
+        }
+    }
+}
