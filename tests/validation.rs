@@ -13,6 +13,7 @@ struct Keys {
     rsa: DevKey,
     rsa_rs_only: DevKey,
     p256: DevKey,
+    p384: DevKey,
     ed: DevKey,
 }
 
@@ -21,6 +22,7 @@ fn keys() -> Keys {
         rsa: DevKey::rsa("rsa-1"),
         rsa_rs_only: DevKey::rsa("rsa-rs256"),
         p256: DevKey::p256("ec-1"),
+        p384: DevKey::p384("ec-384"),
         ed: DevKey::ed25519("ed-1"),
     }
 }
@@ -30,6 +32,7 @@ async fn harness(k: &Keys) -> Harness {
         (&k.rsa, None),
         (&k.rsa_rs_only, Some(Algorithm::RS256)),
         (&k.p256, None),
+        (&k.p384, None),
         (&k.ed, None),
     ]))
     .await
@@ -89,6 +92,7 @@ async fn every_supported_algorithm_is_accepted_and_claims_are_forwarded() {
         (&k.rsa, Algorithm::PS256),
         (&k.rsa_rs_only, Algorithm::RS256),
         (&k.p256, Algorithm::ES256),
+        (&k.p384, Algorithm::ES384),
         (&k.ed, Algorithm::EdDSA),
     ] {
         let claims = h.claims();
@@ -109,7 +113,7 @@ async fn every_supported_algorithm_is_accepted_and_claims_are_forwarded() {
     assert_eq!(
         h.metric(r#"jwtgate_requests_total{outcome="forwarded"}"#)
             .await,
-        5.0
+        6.0
     );
 }
 
@@ -164,13 +168,18 @@ async fn tampered_and_mis_signed_tokens_are_401() {
     let h = harness(&k).await;
     let claims = h.claims();
 
-    // Payload edited, signature kept.
-    let tampered = jwtgate::devkm::tamper(&k.rsa.token(&claims));
-    assert_rejected(&h, &tampered, "signature").await;
-
-    // Signed by a key that is not in the JWKS but names a published kid.
-    let impostor = DevKey::rsa("rsa-1");
-    assert_rejected(&h, &impostor.token(&claims), "signature").await;
+    // Payload edited, signature kept; and signed by a key that is not in the JWKS but
+    // names a published kid. Every key type (each has its own parsed-key verify path).
+    for (key, impostor) in [
+        (&k.rsa, DevKey::rsa("rsa-1")),
+        (&k.p256, DevKey::p256("ec-1")),
+        (&k.p384, DevKey::p384("ec-384")),
+        (&k.ed, DevKey::ed25519("ed-1")),
+    ] {
+        let tampered = jwtgate::devkm::tamper(&key.token(&claims));
+        assert_rejected(&h, &tampered, "signature").await;
+        assert_rejected(&h, &impostor.token(&claims), "signature").await;
+    }
 
     // PS256 on a key whose JWK says alg RS256.
     let ps_on_rs = k

@@ -390,15 +390,15 @@ fn verify_kidless(
 }
 
 fn verify(key: &VerifyKey, alg: Algorithm, seg: &token::Segments<'_>) -> bool {
-    if let (Some(parsed), Some(i)) = (&key.rsa, crate::jwks::keyset::rsa_index(alg)) {
-        // RSA: the key parsed once per fetch (see `VerifyKey::rsa`); the signature decoded
-        // into a stack buffer (at most 8192-bit keys: 1024 bytes).
+    if let Some(parsed) = key.parsed_for(alg) {
+        // The key parsed once per fetch (see `VerifyKey::parsed`); the signature decoded
+        // into a stack buffer (at most 8192-bit RSA keys: 1024 bytes).
         use base64::Engine as _;
         let mut buf = [0u8; 1024];
         return match base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode_slice(seg.signature, &mut buf)
         {
-            Ok(n) => parsed[i]
+            Ok(n) => parsed
                 .verify_sig(seg.signing_input.as_bytes(), &buf[..n])
                 .is_ok(),
             Err(_) => false,

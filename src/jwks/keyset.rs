@@ -39,11 +39,23 @@ pub struct VerifyKey {
     /// The JWK's own `alg`, when it named one jwtgate supports.
     pub alg: Option<Algorithm>,
     pub key: DecodingKey,
-    /// RSA only: the public key parsed once per algorithm (RS256/384/512, PS256/384/512).
-    /// jsonwebtoken hands aws-lc the raw (n, e) and has it re-parse them on every verify;
-    /// keeping the parsed key saves that work on every first-seen RS*/PS* token.
-    pub rsa: Option<Box<[aws_lc_rs::signature::ParsedPublicKey; 6]>>,
+    /// The public key parsed by aws-lc once per fetch. jsonwebtoken hands aws-lc the raw
+    /// key material and has it re-parse it on every verify; keeping the parsed key saves
+    /// that work on every first-seen token.
+    pub parsed: Parsed,
 }
+
+/// aws-lc's parsed form of a key, per algorithm it can verify.
+pub enum Parsed {
+    /// RSA: one per algorithm, in [`rsa_index`] order (RS256/384/512, PS256/384/512).
+    Rsa(Box<[ParsedPublicKey; 6]>),
+    /// EC (ES256 on P-256, ES384 on P-384) and Ed25519 (EdDSA): one algorithm each.
+    Single(Box<ParsedPublicKey>),
+    /// Not parsed (only for the probe used while checking a JWK's `alg`).
+    None,
+}
+
+use aws_lc_rs::signature::ParsedPublicKey;
 
 impl std::fmt::Debug for VerifyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,6 +68,17 @@ impl std::fmt::Debug for VerifyKey {
 }
 
 impl VerifyKey {
+    /// The parsed key that verifies `alg`, when this key fits it.
+    pub fn parsed_for(&self, alg: Algorithm) -> Option<&ParsedPublicKey> {
+        match (&self.parsed, self.kind, alg) {
+            (Parsed::Rsa(keys), KeyKind::Rsa, _) => rsa_index(alg).map(|i| &keys[i]),
+            (Parsed::Single(k), KeyKind::P256, Algorithm::ES256)
+            | (Parsed::Single(k), KeyKind::P384, Algorithm::ES384)
+            | (Parsed::Single(k), KeyKind::Ed25519, Algorithm::EdDSA) => Some(k),
+            _ => None,
+        }
+    }
+
     /// Whether a token signed with `alg` may be verified by this key: the key type and
     /// curve must fit, and so must the JWK's `alg` when it has one. An RSA key without
     /// `alg` serves both RS* and PS*.
@@ -193,8 +216,7 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
             Some(Algorithm::from_name(name).ok_or_else(|| format!("unsupported alg {name:?}"))?)
         }
     };
-    let mut rsa = None;
-    let (kind, material, key) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+    let (kind, material, key, parsed) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
         ("RSA", _) => {
             let n = b64("n", jwk.n.as_deref())?;
             let e = b64("e", jwk.e.as_deref())?;
@@ -210,8 +232,8 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
                 return Err("RSA exponent out of range".into());
             }
             let key = DecodingKey::from_rsa_raw_components(n_trim, e_trim);
-            rsa = Some(parse_rsa(n_trim, e_trim)?);
-            (KeyKind::Rsa, [n_trim, e_trim].concat(), key)
+            let parsed = Parsed::Rsa(parse_rsa(n_trim, e_trim)?);
+            (KeyKind::Rsa, [n_trim, e_trim].concat(), key, parsed)
         }
         ("EC", Some(crv @ ("P-256" | "P-384"))) => {
             let x = b64("x", jwk.x.as_deref())?;
@@ -227,7 +249,16 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
             let xs = jwk.x.as_deref().unwrap_or_default();
             let ys = jwk.y.as_deref().unwrap_or_default();
             let key = DecodingKey::from_ec_components(xs, ys).map_err(|e| e.to_string())?;
-            (kind, [x, y].concat(), key)
+            let alg: &'static dyn aws_lc_rs::signature::VerificationAlgorithm =
+                if kind == KeyKind::P256 {
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED
+                } else {
+                    &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED
+                };
+            let point = [&[4u8][..], &x, &y].concat();
+            let parsed = ParsedPublicKey::new(alg, &point)
+                .map_err(|_| format!("{crv} point rejected by aws-lc (not on the curve)"))?;
+            (kind, [x, y].concat(), key, Parsed::Single(Box::new(parsed)))
         }
         ("OKP", Some("Ed25519")) => {
             let x = b64("x", jwk.x.as_deref())?;
@@ -236,7 +267,9 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
             }
             let key = DecodingKey::from_ed_components(jwk.x.as_deref().unwrap_or_default())
                 .map_err(|e| e.to_string())?;
-            (KeyKind::Ed25519, x, key)
+            let parsed = ParsedPublicKey::new(&aws_lc_rs::signature::ED25519, &x)
+                .map_err(|_| "Ed25519 key rejected by aws-lc".to_owned())?;
+            (KeyKind::Ed25519, x, key, Parsed::Single(Box::new(parsed)))
         }
         ("oct", _) => return Err("symmetric (oct) keys are never taken from a JWKS".into()),
         (kty, crv) => return Err(format!("unsupported kty {kty:?} / crv {crv:?}")),
@@ -247,7 +280,7 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
         kind,
         alg: None,
         key: DecodingKey::from_secret(&[]),
-        rsa: None,
+        parsed: Parsed::None,
     };
     if let Some(a) = alg
         && !probe.fits(a)
@@ -261,11 +294,11 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
         kind,
         alg,
         key,
-        rsa,
+        parsed,
     })
 }
 
-/// Index of an RS*/PS* algorithm in [`VerifyKey::rsa`].
+/// Index of an RS*/PS* algorithm in [`Parsed::Rsa`].
 pub fn rsa_index(alg: Algorithm) -> Option<usize> {
     match alg {
         Algorithm::RS256 => Some(0),
@@ -278,10 +311,7 @@ pub fn rsa_index(alg: Algorithm) -> Option<usize> {
     }
 }
 
-fn parse_rsa(
-    n: &[u8],
-    e: &[u8],
-) -> Result<Box<[aws_lc_rs::signature::ParsedPublicKey; 6]>, String> {
+fn parse_rsa(n: &[u8], e: &[u8]) -> Result<Box<[ParsedPublicKey; 6]>, String> {
     use aws_lc_rs::signature as sig;
     let c = sig::RsaPublicKeyComponents { n, e };
     let p = |params: &'static sig::RsaParameters| {
@@ -345,6 +375,8 @@ mod tests {
             serde_json::json!({"kty": "EC", "kid": "badcrv", "crv": "P-521", "x": b(&[1; 66]), "y": b(&[1; 66])}),
             serde_json::json!({"kty": "EC", "kid": "shortx", "crv": "P-256", "x": b(&[1; 31]), "y": b(&[1; 32])}),
             serde_json::json!({"kty": "RSA", "kid": "noN"}),
+            // Right sizes, but not a point of P-256: aws-lc refuses it when parsing.
+            serde_json::json!({"kty": "EC", "kid": "offcurve", "crv": "P-256", "x": b(&[1; 32]), "y": b(&[1; 32])}),
             rsa_jwk("ok", 2048, None),
             rsa_jwk("ok", 4096, None),
         ]);
@@ -352,6 +384,26 @@ mod tests {
         assert!(set.get("ok").is_some());
         assert!(set.get("h").is_none());
         assert!(set.get("small").is_none());
+        assert!(set.get("offcurve").is_none());
+    }
+
+    #[test]
+    fn every_key_type_is_parsed_once_for_its_algorithms() {
+        let ec = crate::devkm::DevKey::p256("ec").public_jwk(None);
+        let ed = crate::devkm::DevKey::ed25519("ed").public_jwk(None);
+        let set = parse(vec![rsa_jwk("rsa", 2048, None), ec, ed]);
+        let (rsa, ec, ed) = (
+            set.get("rsa").unwrap(),
+            set.get("ec").unwrap(),
+            set.get("ed").unwrap(),
+        );
+        assert!(rsa.parsed_for(Algorithm::RS256).is_some());
+        assert!(rsa.parsed_for(Algorithm::PS512).is_some());
+        assert!(rsa.parsed_for(Algorithm::ES256).is_none());
+        assert!(ec.parsed_for(Algorithm::ES256).is_some());
+        assert!(ec.parsed_for(Algorithm::ES384).is_none());
+        assert!(ed.parsed_for(Algorithm::EdDSA).is_some());
+        assert!(ed.parsed_for(Algorithm::ES256).is_none());
     }
 
     #[test]
