@@ -10,7 +10,8 @@
 #   direct, ...); per target the median and range of req/s and of the CPU µs per request
 #   spent by the proxy process (utime + stime from /proc over the round).
 # Phase 2, latency at a fixed rate: `oha -q R --latency-correction -c32`, R = half of
-#   HAProxy's median maximum (or jwtgate's when HAProxy is missing), LAT_ROUNDS alternating.
+#   HAProxy's median maximum (or jwtgate's when HAProxy is missing), LAT_ROUNDS alternating;
+#   `direct` at the same rate shows what the load generator and upstream add on their own.
 # Phase 3, latency with one connection: `oha -c1` closed loop, LAT_ROUNDS alternating.
 # Last: how many requests reached the key manager (nginx's JWKS log) during the run.
 #
@@ -21,7 +22,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 state="${1:-/tmp/jwtgate-bench/peers/state}"
 rounds="${ROUNDS:-5}"; duration="${DURATION:-8s}"; alg="${ALG:-rs256}"
-lat_rounds="${LAT_ROUNDS:-3}"; lat_duration="${LAT_DURATION:-10s}"
+lat_rounds="${LAT_ROUNDS:-5}"; lat_duration="${LAT_DURATION:-10s}"
 work="$(mktemp -d)"; pids=()
 . "$root/bench/common.sh"
 command -v oha >/dev/null || { echo "oha is missing: cargo install oha --locked"; exit 1; }
@@ -103,7 +104,6 @@ PY
 )
 rate=$((max_ref / 2))
 
-lat_targets="${targets/direct /}"
 : > "$work/lat.tsv"
 oha_row() { # oha_row KIND ROUND TARGET JSON
   python3 - "$@" <<'PY' | tee -a "$work/lat.tsv"
@@ -119,7 +119,7 @@ PY
 echo
 echo "== latency at a fixed rate: oha -c32 -q $rate --latency-correction -z $lat_duration ($lat_rounds rounds)"
 for r in $(seq "$lat_rounds"); do
-  for t in $lat_targets; do
+  for t in $targets; do
     taskset -c 0 oha --no-tui -c 32 -q "$rate" --latency-correction -z "$lat_duration" \
       --output-format json -H "Authorization: Bearer $token" "http://127.0.0.1:$(port_of "$t")/" > "$work/oha.json"
     oha_row fixed "$r" "$t" "$work/oha.json"
