@@ -113,7 +113,13 @@ impl<V: Copy> Shards<V> {
             if items.is_empty() {
                 continue;
             }
-            let mut table: Table<V> = Table::clone(&self.shards[i].load());
+            // Sized for the batch up front: one allocation, never a clone and then a
+            // rehash into a second, larger table (the peak memory of a bulk update).
+            let current = self.shards[i].load();
+            let mut table: Table<V> =
+                Table::with_capacity_and_hasher(current.len() + items.len(), Default::default());
+            table.extend(current.iter().map(|(k, v)| (*k, *v)));
+            drop(current);
             for (fp, v) in items {
                 match table.get_mut(&Fp::new(fp)) {
                     Some(old) => *old = merge(*old, v),
