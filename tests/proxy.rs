@@ -39,6 +39,18 @@ async fn h1_client(
     send
 }
 
+/// jwtgate in front of the given upstream address.
+async fn with_upstream(key: &DevKey, upstream: std::net::SocketAddr) -> Harness {
+    Harness::start_with(
+        jwks_of(&[(key, None)]),
+        Options {
+            upstream_url: Some(format!("http://{upstream}")),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
 async fn setup() -> (Harness, DevKey) {
     let key = DevKey::p256("k");
     let h = Harness::start(jwks_of(&[(&key, None)])).await;
@@ -188,14 +200,7 @@ async fn upstream_refused_is_502_and_timeout_is_504() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let h = Harness::start_with(
-        jwks_of(&[(&key, None)]),
-        Options {
-            upstream_url: Some(format!("http://{closed}")),
-            ..Options::default()
-        },
-    )
-    .await;
+    let h = with_upstream(&key, closed).await;
     assert_eq!(h.status(&key.token(&h.claims())).await, 502);
     assert_eq!(
         h.metric(r#"jwtgate_upstream_errors_total{kind="connect"}"#)
@@ -521,14 +526,7 @@ async fn upstream_connections_are_reused_and_closed_ones_replaced() {
     use std::sync::atomic::Ordering;
     let key = DevKey::p256("k");
     let (up, accepted) = counting_upstream().await;
-    let h = Harness::start_with(
-        jwks_of(&[(&key, None)]),
-        Options {
-            upstream_url: Some(format!("http://{up}")),
-            ..Options::default()
-        },
-    )
-    .await;
+    let h = with_upstream(&key, up).await;
     let token = key.token(&h.claims());
     let get = |path: &'static str| {
         let req = h.http.get(h.url(path)).bearer_auth(&token);
