@@ -54,13 +54,27 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. With `upgrade`, `Upgrade` survives and `Connection` is
 /// reduced to `upgrade`, so a validated WebSocket handshake can pass. `TE: trailers` is kept
 /// (gRPC needs it); other `TE` values are dropped.
+///
+/// Hot path: a map without any hop-by-hop header (most requests) costs one pass over its
+/// names, and `Connection` tokens that name a fixed-list header or `close` (most responses:
+/// `Connection: keep-alive`) allocate nothing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     let te_trailers = headers
         .get_all(header::TE)
@@ -68,12 +82,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for name in &named {
-        if !(upgrade && name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
+    for name in named.iter().chain(&HOP_BY_HOP) {
         if !(upgrade && name == header::UPGRADE) {
             headers.remove(name);
         }
@@ -139,6 +148,22 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-app"], "kept");
+    }
+
+    #[test]
+    fn keep_alive_response_loses_only_connection_and_clean_map_is_untouched() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive"),
+            ("content-length", "2"),
+            ("server", "up"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(!h.contains_key(header::CONNECTION));
+        let mut clean = map(&[("x-app", "1"), ("x-app", "2"), ("accept", "*/*")]);
+        let before = clean.clone();
+        strip_hop_by_hop(&mut clean, false);
+        assert_eq!(clean, before);
     }
 
     #[test]

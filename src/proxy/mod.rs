@@ -248,22 +248,22 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h, upgrade);
-        if h.remove(&self.claims_header).is_some() {
+        // `insert` replaces every client copy of the claims header.
+        if h.insert(self.claims_header.clone(), claims).is_some() {
             tracing::debug!(peer = %peer.addr, "client-sent claims header dropped");
         }
-        h.insert(self.claims_header.clone(), claims);
         if self.strip_authorization {
             h.remove(header::AUTHORIZATION);
         }
-        let host = h.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        if let Some(host) = host {
+        if let Some(host) = h.get(header::HOST).cloned() {
+            h.insert(headers::X_FORWARDED_HOST, host);
+        } else if let Some(host) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             h.insert(headers::X_FORWARDED_HOST, host.clone());
-            h.entry(header::HOST).or_insert(host);
+            h.insert(header::HOST, host);
         } else {
             h.remove(headers::X_FORWARDED_HOST);
             h.insert(header::HOST, self.upstream_host.clone());
