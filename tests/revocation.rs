@@ -651,3 +651,88 @@ async fn jwks_refresh_needs_the_push_token_and_is_rate_limited() {
     assert_eq!(r.status(), 429, "min_refetch_interval_s applies");
     assert_eq!(h.keys.hits(), hits + 1);
 }
+
+/// One keep-alive connection that presents the same token request after request (the path
+/// that skips hashing a repeated token): a tampered copy, a revocation and the token's expiry
+/// are each refused on that same connection, and none of those requests reaches the upstream.
+#[tokio::test]
+async fn a_token_repeated_on_one_connection_is_rechecked_every_time() {
+    use http_body_util::Empty;
+    let key = DevKey::p256("k");
+    let n = now();
+    let clock = Arc::new(ManualClock(n.into()));
+    let h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            extra: revocation(""),
+            clock: Some(clock.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut status = async |token: &str| {
+        let req = http::Request::get("/api/orders")
+            .header("host", "api.local")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Empty::new())
+            .unwrap();
+        send.send_request(req).await.unwrap().status().as_u16()
+    };
+
+    let mut claims = h.claims();
+    claims["exp"] = (n + 300).into();
+    let token = key.token(&claims);
+    for _ in 0..3 {
+        assert_eq!(status(&token).await, 200);
+    }
+    assert_eq!(h.upstream.count(), 3);
+    assert_eq!(h.metric("jwtgate_token_cache_hits_total").await, 2.0);
+
+    // Same length, same prefix, one signature character changed.
+    let mut tampered = token.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert_eq!(status(&tampered).await, 401);
+    assert_eq!(
+        h.upstream.count(),
+        3,
+        "a tampered token reached the upstream"
+    );
+    assert_eq!(status(&token).await, 200);
+    assert_eq!(status(&token).await, 200);
+    assert_eq!(h.upstream.count(), 5);
+
+    let record = json!([{"kind": "jti", "jti": claims["jti"], "exp": claims["exp"]}]);
+    assert_eq!(h.push(record).await, 202);
+    assert_eq!(status(&token).await, 401);
+    assert_eq!(
+        h.upstream.count(),
+        5,
+        "a revoked token reached the upstream"
+    );
+
+    let other = key.token(&h.claims());
+    assert_eq!(status(&other).await, 200);
+    assert_eq!(status(&other).await, 200);
+    assert_eq!(h.upstream.count(), 7);
+    clock.0.store(n + 10_000, Ordering::SeqCst);
+    assert_eq!(status(&other).await, 401);
+    assert_eq!(
+        h.upstream.count(),
+        7,
+        "an expired token reached the upstream"
+    );
+    assert_eq!(
+        h.metric(r#"jwtgate_rejections_total{reason="expired"}"#)
+            .await,
+        1.0
+    );
+}

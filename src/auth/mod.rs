@@ -103,6 +103,27 @@ impl TokenHash {
     }
 }
 
+/// Longest token a connection remembers (JWTs are typically well under 2 KB).
+const LAST_TOKEN_MAX_BYTES: usize = 4096;
+
+/// The last token one client connection presented, with its verdict.
+///
+/// A client on a keep-alive connection usually sends the same token request after request:
+/// comparing the bytes with the remembered ones skips the SHA-256 and the cache lookup. The
+/// verdict is re-checked exactly like a cache hit (time window, key still published), and
+/// revocation is checked after it per request like after any hit. Only the connection's own
+/// requests are compared with it, so it tells a client nothing about other clients' tokens.
+/// Used only while the verified-token cache is on.
+#[derive(Default)]
+pub struct LastToken(std::sync::Mutex<Option<(String, Arc<Verified>)>>);
+
+impl std::fmt::Debug for LastToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.write_str("LastToken(..)")
+    }
+}
+
 struct Issuer {
     cfg: IssuerConfig,
     keys: Arc<IssuerKeys>,
@@ -169,6 +190,36 @@ impl Authenticator {
     /// The configuration of issuer `i` (as in `Verified::issuer`).
     pub fn issuer(&self, i: usize) -> &IssuerConfig {
         &self.issuers[i].cfg
+    }
+
+    /// The verdict on `token` if it is the one this connection presented last and that
+    /// verdict still stands; counted as a cache hit.
+    pub fn repeat(&self, token: &str, last: &LastToken) -> Option<Arc<Verified>> {
+        self.cache.as_ref()?;
+        let guard = last.0.lock().ok()?;
+        let (seen, verified) = guard.as_ref()?;
+        if seen.as_str() != token || !self.still_valid(verified) {
+            return None;
+        }
+        self.metrics.cache_hits.inc();
+        Some(verified.clone())
+    }
+
+    /// Remembers a verified token as its connection's last one (reusing the buffer).
+    pub fn remember(&self, token: &str, verified: &Arc<Verified>, last: &LastToken) {
+        if self.cache.is_none() || token.len() > LAST_TOKEN_MAX_BYTES {
+            return;
+        }
+        if let Ok(mut guard) = last.0.lock() {
+            match guard.as_mut() {
+                Some((seen, v)) => {
+                    seen.clear();
+                    seen.push_str(token);
+                    *v = verified.clone();
+                }
+                None => *guard = Some((token.to_owned(), verified.clone())),
+            }
+        }
     }
 
     /// Validates one token. Only a token with an unknown `kid` ever awaits (the refetch).

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::auth::{Authenticator, Reason, Reject, TokenHash};
+use crate::auth::{Authenticator, LastToken, Reason, Reject, TokenHash};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
 use crate::revocation::Revocation;
@@ -79,6 +79,8 @@ impl Body for ForwardBody {
 pub struct Peer {
     pub addr: SocketAddr,
     forwarded_for: HeaderValue,
+    /// The last token this connection presented (skips hashing a repeated token).
+    last_token: LastToken,
 }
 
 impl Peer {
@@ -88,6 +90,7 @@ impl Peer {
         Peer {
             addr,
             forwarded_for,
+            last_token: LastToken::default(),
         }
     }
 }
@@ -224,7 +227,7 @@ impl Proxy {
         mut req: Request<B>,
         peer: &Peer,
     ) -> Result<Prepared<B>, Response<ResponseBody>> {
-        let claims = match self.admit(req.headers()).await {
+        let claims = match self.admit(req.headers(), peer).await {
             Ok(claims) => claims,
             Err((reject, fingerprint)) => {
                 self.metrics.request(Outcome::Rejected);
@@ -290,28 +293,36 @@ impl Proxy {
     async fn admit(
         &self,
         headers: &http::HeaderMap,
+        peer: &Peer,
     ) -> Result<HeaderValue, (Reject, Option<String>)> {
         let token = bearer(headers).map_err(|r| (r, None))?;
-        let hash = TokenHash::of(token);
-        match self.auth.authenticate(token, &hash).await {
-            Ok(v) => {
-                if let (Some(rev), Some(fps)) = (&self.revocation, &v.revocation_fps) {
-                    rev.check(fps, v.iat)
-                        .map_err(|r| (r, Some(hash.fingerprint())))?;
-                }
-                // The token passed the structure check: the payload segment is base64url,
-                // always a valid header value. Copied per request rather than kept in the
-                // cache entry: cache memory matters more than ~250 bytes of memcpy.
-                let payload = token.split('.').nth(1).unwrap_or_default();
-                HeaderValue::from_str(payload).map_err(|_| {
-                    (
-                        Reject::new(Reason::Malformed, "token payload is not a header value"),
-                        Some(hash.fingerprint()),
-                    )
-                })
+        let v = match self.auth.repeat(token, &peer.last_token) {
+            Some(v) => v,
+            None => {
+                let hash = TokenHash::of(token);
+                let v = self
+                    .auth
+                    .authenticate(token, &hash)
+                    .await
+                    .map_err(|r| (r, Some(hash.fingerprint())))?;
+                self.auth.remember(token, &v, &peer.last_token);
+                v
             }
-            Err(r) => Err((r, Some(hash.fingerprint()))),
+        };
+        if let (Some(rev), Some(fps)) = (&self.revocation, &v.revocation_fps) {
+            rev.check(fps, v.iat)
+                .map_err(|r| (r, Some(TokenHash::of(token).fingerprint())))?;
         }
+        // The token passed the structure check: the payload segment is base64url, always a
+        // valid header value. Copied per request rather than kept in the cache entry: cache
+        // memory matters more than ~250 bytes of memcpy.
+        let payload = token.split('.').nth(1).unwrap_or_default();
+        HeaderValue::from_str(payload).map_err(|_| {
+            (
+                Reject::new(Reason::Malformed, "token payload is not a header value"),
+                Some(TokenHash::of(token).fingerprint()),
+            )
+        })
     }
 
     async fn forward(&self, prepared: Prepared<Incoming>) -> Response<ResponseBody> {
