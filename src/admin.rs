@@ -164,16 +164,22 @@ impl Admin {
                 .revocation_event(RevocationSource::Push, EventResult::Unauthorized, 1);
             return unauthorized("Bearer realm=\"jwtgate-admin\"");
         }
-        let body = match read_json(req, MAX_PUSH_BYTES).await {
-            Ok(v) => v,
+        let bytes = match read_body(req, MAX_PUSH_BYTES).await {
+            Ok(b) => b,
             Err(resp) => return resp,
         };
-        let Some(list) = body.get("revocations").and_then(Value::as_array) else {
-            self.metrics
-                .revocation_event(RevocationSource::Push, EventResult::Rejected, 1);
-            return bad_request("body must be {\"revocations\": [...]}");
+        let body: record::PushBody = match serde_json::from_slice(&bytes) {
+            Ok(body) => body,
+            Err(_) => {
+                self.metrics
+                    .revocation_event(RevocationSource::Push, EventResult::Rejected, 1);
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+                    return bad_request("body is not JSON");
+                }
+                return bad_request("body must be {\"revocations\": [...]}");
+            }
         };
-        match record::native_all(list) {
+        match record::native_all(&body.revocations) {
             Ok(records) => {
                 let new = rev.apply(RevocationSource::Push, &records);
                 json_resp(
@@ -250,7 +256,12 @@ impl Admin {
 }
 
 async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, Response<Full<Bytes>>> {
-    let body = Limited::new(req.into_body(), limit)
+    let body = read_body(req, limit).await?;
+    serde_json::from_slice(&body).map_err(|_| bad_request("body is not JSON"))
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Full<Bytes>>> {
+    Ok(Limited::new(req.into_body(), limit)
         .collect()
         .await
         .map_err(|_| {
@@ -259,8 +270,7 @@ async fn read_json(req: Request<Incoming>, limit: usize) -> Result<Value, Respon
                 &json!({"error": "invalid_request", "error_description": "body too large"}),
             )
         })?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|_| bad_request("body is not JSON"))
+        .to_bytes())
 }
 
 /// Constant-time equality (the length is not secret).

@@ -98,6 +98,26 @@ async fn push_with_bad_credentials_or_a_bad_record_applies_nothing() {
             .await,
         2.0
     );
+    // A body that is not JSON, and JSON of the wrong shape: each named, nothing applied.
+    for (body, expected) in [
+        ("{\"revocations\": [", "body is not JSON"),
+        ("{\"revocations\": {}}", "body must be"),
+        ("[]", "body must be"),
+    ] {
+        let resp = h
+            .http
+            .post(format!("http://{}/revocations", h.admin))
+            .bearer_auth(PUSH_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(expected), "{body}: {text}");
+    }
+    assert_eq!(h.status(&token).await, 200);
 }
 
 #[tokio::test]

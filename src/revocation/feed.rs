@@ -92,6 +92,8 @@ impl Poller {
         match feed.format {
             FeedFormat::Wso2 => {
                 let body = self.get(feed.url.clone()).await?;
+                let body: Value = serde_json::from_slice(&body)
+                    .map_err(|e| format!("feed body is not JSON ({e})"))?;
                 let (records, errors) = record::wso2_feed(&body)?;
                 self.report(RevocationSource::Wso2Poll, &errors);
                 Ok(self.rev.apply(RevocationSource::Wso2Poll, &records))
@@ -104,15 +106,20 @@ impl Poller {
                         url.query_pairs_mut().append_pair("since", &c);
                     }
                     let body = self.get(url).await?;
-                    let page: FeedPage = serde_json::from_value(body)
-                        .map_err(|e| format!("feed page unreadable ({e})"))?;
+                    let page: FeedPage = serde_json::from_slice(&body).map_err(|e| {
+                        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                            format!("feed body is not JSON ({e})")
+                        } else {
+                            format!("feed page unreadable ({e})")
+                        }
+                    })?;
                     if page.reset {
                         tracing::info!("revocation feed reset: merging everything again");
                     }
                     let mut records = Vec::with_capacity(page.revocations.len());
                     let mut errors = Vec::new();
                     for (i, v) in page.revocations.iter().enumerate() {
-                        match record::native(i, v) {
+                        match record::native_raw(i, v) {
                             Ok(r) => records.push(r),
                             Err(e) => errors.push(e),
                         }
@@ -146,7 +153,8 @@ impl Poller {
         );
     }
 
-    async fn get(&self, url: reqwest::Url) -> Result<Value, String> {
+    /// The body of one feed response (at most `MAX_FEED_BYTES`).
+    async fn get(&self, url: reqwest::Url) -> Result<Vec<u8>, String> {
         let feed = self.rev.cfg.feed.as_ref().ok_or("no feed")?;
         let mut req = self.client.get(url);
         if let (Some(u), Some(p)) = (&feed.username, &feed.password) {
@@ -171,7 +179,7 @@ impl Poller {
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&body).map_err(|e| format!("feed body is not JSON ({e})"))
+        Ok(body)
     }
 }
 

@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Longest accepted identifier (jti, subject, client id, WSO2 signature).
 const MAX_ID_BYTES: usize = 2048;
@@ -177,18 +178,37 @@ pub fn native(index: usize, v: &Value) -> Result<Record, RecordError> {
     }
 }
 
-/// Every record of a native body, or the first error: a push applies all or nothing.
-pub fn native_all(list: &[Value]) -> Result<Vec<Record>, RecordError> {
-    list.iter().enumerate().map(|(i, v)| native(i, v)).collect()
+/// A native record still as its JSON text, a slice of the body. Pages are read into these
+/// and validated one record at a time, so a page never exists as a `Value` tree (about 1 KB
+/// per record): pushing 1 M records in pages of 100 000 held +124 MB of RSS that way.
+pub fn native_raw(index: usize, raw: &RawValue) -> Result<Record, RecordError> {
+    let v: Value = serde_json::from_str(raw.get()).map_err(|_| err(index, "must be an object"))?;
+    native(index, &v)
 }
 
-/// A page of the native poll feed.
+/// Every record of a native body, or the first error: a push applies all or nothing.
+pub fn native_all(list: &[&RawValue]) -> Result<Vec<Record>, RecordError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| native_raw(i, v))
+        .collect()
+}
+
+/// A native push body, borrowing from the request bytes.
 #[derive(Debug, Deserialize)]
-pub struct FeedPage {
+pub struct PushBody<'a> {
+    #[serde(borrow)]
+    pub revocations: Vec<&'a RawValue>,
+}
+
+/// A page of the native poll feed, borrowing from the response bytes.
+#[derive(Debug, Deserialize)]
+pub struct FeedPage<'a> {
     pub cursor: Option<String>,
     #[serde(default)]
     pub reset: bool,
-    pub revocations: Vec<Value>,
+    #[serde(borrow)]
+    pub revocations: Vec<&'a RawValue>,
 }
 
 /// A WSO2 `/internal/data/v1/revokedjwt` body: the 4.3+ object or the older bare array.
@@ -346,7 +366,17 @@ mod tests {
         ] {
             assert!(native(0, &bad).is_err(), "{bad}");
         }
-        assert!(native_all(&[json!({"kind": "jti", "jti": "a", "exp": 1}), json!({})]).is_err());
+        let body: PushBody =
+            serde_json::from_str(r#"{"revocations": [{"kind": "jti", "jti": "a", "exp": 1}, {}]}"#)
+                .unwrap();
+        assert_eq!(native_all(&body.revocations).unwrap_err().index, 1);
+        let body: PushBody =
+            serde_json::from_str(r#"{"revocations": [{"kind": "jti", "jti": "a", "exp": 1}, 7]}"#)
+                .unwrap();
+        assert_eq!(
+            native_all(&body.revocations).unwrap_err().to_string(),
+            "record 1: must be an object"
+        );
     }
 
     #[test]
