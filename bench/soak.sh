@@ -4,6 +4,8 @@
 # a steady state). Samples RSS every 10 s; reports RSS growth after warm-up and errors.
 #
 #   bench/soak.sh [PEERS_STATE_DIR]
+#   RATE=24000 bench/soak.sh     # fixed rate with oha -q (e.g. ~80 % of the measured
+#                                # maximum) instead of wrk's closed loop near saturation
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 state="${1:-/tmp/jwtgate-bench/peers/state}"
@@ -32,7 +34,12 @@ while time.time() < end:
 PY
 pids+=($!)
 
-taskset -c 0 wrk -t1 -c"$conns" -d"${soak}s" -H "Authorization: Bearer $token" http://127.0.0.1:18581/ > "$work/wrk.txt" &
+if [ -n "${RATE:-}" ]; then
+  taskset -c 0 oha --no-tui -c "$conns" -q "$RATE" -z "${soak}s" --output-format json \
+    -H "Authorization: Bearer $token" http://127.0.0.1:18581/ > "$work/oha.json" &
+else
+  taskset -c 0 wrk -t1 -c"$conns" -d"${soak}s" -H "Authorization: Bearer $token" http://127.0.0.1:18581/ > "$work/wrk.txt" &
+fi
 wrk_pid=$!; pids+=($wrk_pid)
 echo -e "t_s\trss_kB\trevocations" > "$work/rss.tsv"
 t=0
@@ -43,7 +50,19 @@ while kill -0 "$wrk_pid" 2>/dev/null; do
   sleep 10; t=$((t + 10))
 done
 wait "$wrk_pid" || true
-cat "$work/wrk.txt"
+if [ -n "${RATE:-}" ]; then
+  python3 - "$work/oha.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); s = d["summary"]; p = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {}) or {}
+errors = d.get("errorDistribution", {}) or {}
+total = sum(codes.values())
+print(f"oha: {total} responses, {s['requestsPerSec']:.0f} req/s, status codes {codes}, "
+      f"errors {errors or 0}, p50 {p['p50'] * 1e6:.0f} µs, p99 {p['p99'] * 1e6:.0f} µs")
+PY
+else
+  cat "$work/wrk.txt"
+fi
 cat "$work/rss.tsv"
 curl -s http://127.0.0.1:18591/metrics | grep -E '^jwtgate_(requests_total|upstream_errors_total|revocations_pruned_total|revocations\{)'
 python3 - "$work/rss.tsv" <<'PY'
