@@ -56,7 +56,7 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// (gRPC needs it); other `TE` values are dropped.
 ///
 /// Hot path: a map without any hop-by-hop header (most requests) costs one pass over its
-/// names, and `Connection` tokens that name a fixed-list header or `close` (most responses:
+/// names, and `Connection` tokens that name a fixed-list header (most responses:
 /// `Connection: keep-alive`) allocate nothing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
@@ -69,10 +69,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| {
-            !t.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| t.eq_ignore_ascii_case(h.as_str()))
         })
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
