@@ -20,24 +20,7 @@ token="$(cat "$state/tokens/valid-$alg.jwt")"
 start_upstream 18780
 bin="$base" start_jwtgate base 18781 18791 18780
 bin="$new" start_jwtgate new 18782 18792 18780
-cat > "$work/haproxy.cfg" <<CFG
-global
-    nbthread 1
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend pass
-    bind 127.0.0.1:18783
-    default_backend upstream
-backend upstream
-    server up1 127.0.0.1:18780
-CFG
-taskset -c 1 haproxy -db -f "$work/haproxy.cfg" & pids+=($!)
-haproxy_pid=$!
-sleep 0.5
+start_haproxy 18783 18780
 port_of() { case $1 in haproxy) echo 18783;; base) echo 18781;; new) echo 18782;; esac; }
 pid_of() { case $1 in haproxy) echo "$haproxy_pid";; base) echo "$jwtgate_pid_base";; new) echo "$jwtgate_pid_new";; esac; }
 

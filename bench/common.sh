@@ -68,3 +68,28 @@ peak_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 
 # cpu_ticks PID: user + system CPU time of a process so far, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# start_haproxy PORT UPSTREAM_PORT: HAProxy pass-through (nbthread 1) on CPU 1; sets haproxy_pid.
+start_haproxy() {
+  cat > "$work/haproxy-$1.cfg" <<CFG
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    timeout http-request 10s
+frontend pass
+    bind 127.0.0.1:$1
+    default_backend upstream
+backend upstream
+    server up1 127.0.0.1:$2
+CFG
+  taskset -c 1 haproxy -db -f "$work/haproxy-$1.cfg" & pids+=($!)
+  haproxy_pid=$!
+  sleep 0.5
+}

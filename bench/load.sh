@@ -32,28 +32,8 @@ start_upstream 18480
 start_jwtgate jwtgate 18481 18491 18480
 targets="direct jwtgate"
 if command -v haproxy >/dev/null; then
-  cat > "$work/haproxy.cfg" <<CFG
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
-    timeout http-request 10s
-frontend pass
-    bind 127.0.0.1:18483
-    default_backend upstream
-backend upstream
-    server up1 127.0.0.1:18480
-CFG
-  taskset -c 1 haproxy -db -f "$work/haproxy.cfg" & pids+=($!)
-  haproxy_pid=$!
+  start_haproxy 18483 18480
   targets="direct haproxy jwtgate"
-  sleep 0.5
 fi
 port_of() { case $1 in direct) echo 18480;; haproxy) echo 18483;; jwtgate) echo 18481;; esac; }
 pid_of() { case $1 in haproxy) echo "$haproxy_pid";; jwtgate) echo "$jwtgate_pid_jwtgate";; *) echo "";; esac; }

@@ -28,6 +28,23 @@ async fn push_only() -> (Harness, DevKey) {
     (h, key)
 }
 
+/// jwtgate with revocation (`lines` added) and a clock the test sets, started at `now()`.
+async fn with_clock(lines: &str) -> (Harness, DevKey, Arc<ManualClock>, i64) {
+    let key = DevKey::p256("k");
+    let n = now();
+    let clock = Arc::new(ManualClock(n.into()));
+    let h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            extra: revocation(lines),
+            clock: Some(clock.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    (h, key, clock, n)
+}
+
 /// Asserts a 401 revoked and no upstream request.
 async fn assert_revoked(h: &Harness, token: &str) {
     let before = h.upstream.count();
@@ -593,18 +610,7 @@ async fn stale_list_rejects_or_allows_as_configured_with_an_injected_clock() {
 
 #[tokio::test]
 async fn push_only_is_never_stale() {
-    let key = DevKey::p256("k");
-    let n = now();
-    let clock = Arc::new(ManualClock(n.into()));
-    let h = Harness::start_with(
-        jwks_of(&[(&key, None)]),
-        Options {
-            extra: revocation("max_sync_age_s = 60"),
-            clock: Some(clock.clone()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let (h, key, clock, n) = with_clock("max_sync_age_s = 60").await;
     let mut c = h.claims();
     c["iat"] = n.into();
     c["exp"] = (n + 3000).into();
@@ -678,18 +684,7 @@ async fn jwks_refresh_needs_the_push_token_and_is_rate_limited() {
 #[tokio::test]
 async fn a_token_repeated_on_one_connection_is_rechecked_every_time() {
     use http_body_util::Empty;
-    let key = DevKey::p256("k");
-    let n = now();
-    let clock = Arc::new(ManualClock(n.into()));
-    let h = Harness::start_with(
-        jwks_of(&[(&key, None)]),
-        Options {
-            extra: revocation(""),
-            clock: Some(clock.clone()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let (h, key, clock, n) = with_clock("").await;
     let tcp = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(
         hyper_util::rt::TokioIo::new(tcp),
