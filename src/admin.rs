@@ -168,15 +168,15 @@ impl Admin {
             Ok(b) => b,
             Err(resp) => return resp,
         };
-        let body: record::PushBody = match serde_json::from_slice(&bytes) {
+        let body: record::PushBody = match record::parse_body(&bytes) {
             Ok(body) => body,
-            Err(_) => {
+            Err(e) => {
                 self.metrics
                     .revocation_event(RevocationSource::Push, EventResult::Rejected, 1);
-                if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
-                    return bad_request("body is not JSON");
-                }
-                return bad_request("body must be {\"revocations\": [...]}");
+                return bad_request(match e {
+                    record::BodyError::NotJson(_) => "body is not JSON",
+                    record::BodyError::Shape(_) => "body must be {\"revocations\": [...]}",
+                });
             }
         };
         match record::native_all(&body.revocations) {

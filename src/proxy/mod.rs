@@ -296,6 +296,8 @@ impl Proxy {
         peer: &Peer,
     ) -> Result<HeaderValue, (Reject, Option<String>)> {
         let token = bearer(headers).map_err(|r| (r, None))?;
+        // For the log line of a rejection only: the hot path never hashes a repeated token.
+        let fingerprint = || Some(TokenHash::of(token).fingerprint());
         let v = match self.auth.repeat(token, &peer.last_token) {
             Some(v) => v,
             None => {
@@ -310,8 +312,7 @@ impl Proxy {
             }
         };
         if let (Some(rev), Some(fps)) = (&self.revocation, &v.revocation_fps) {
-            rev.check(fps, v.iat)
-                .map_err(|r| (r, Some(TokenHash::of(token).fingerprint())))?;
+            rev.check(fps, v.iat).map_err(|r| (r, fingerprint()))?;
         }
         // The token passed the structure check: the payload segment is base64url, always a
         // valid header value. Copied per request rather than kept in the cache entry: cache
@@ -320,7 +321,7 @@ impl Proxy {
         HeaderValue::from_str(payload).map_err(|_| {
             (
                 Reject::new(Reason::Malformed, "token payload is not a header value"),
-                Some(TokenHash::of(token).fingerprint()),
+                fingerprint(),
             )
         })
     }

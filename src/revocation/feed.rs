@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Revocation;
-use super::record::{self, FeedPage};
+use super::record::{self, BodyError, FeedPage};
 use crate::config::FeedFormat;
 use crate::metrics::{EventResult, RevocationSource};
 
@@ -106,12 +106,9 @@ impl Poller {
                         url.query_pairs_mut().append_pair("since", &c);
                     }
                     let body = self.get(url).await?;
-                    let page: FeedPage = serde_json::from_slice(&body).map_err(|e| {
-                        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-                            format!("feed body is not JSON ({e})")
-                        } else {
-                            format!("feed page unreadable ({e})")
-                        }
+                    let page: FeedPage = record::parse_body(&body).map_err(|e| match e {
+                        BodyError::NotJson(e) => format!("feed body is not JSON ({e})"),
+                        BodyError::Shape(e) => format!("feed page unreadable ({e})"),
                     })?;
                     if page.reset {
                         tracing::info!("revocation feed reset: merging everything again");

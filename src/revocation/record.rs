@@ -182,8 +182,29 @@ pub fn native(index: usize, v: &Value) -> Result<Record, RecordError> {
 /// and validated one record at a time, so a page never exists as a `Value` tree (about 1 KB
 /// per record): pushing 1 M records in pages of 100 000 held +124 MB of RSS that way.
 pub fn native_raw(index: usize, raw: &RawValue) -> Result<Record, RecordError> {
-    let v: Value = serde_json::from_str(raw.get()).map_err(|_| err(index, "must be an object"))?;
+    let v: Value =
+        serde_json::from_str(raw.get()).map_err(|e| err(index, format!("unreadable ({e})")))?;
     native(index, &v)
+}
+
+/// Why a push body or feed page could not be read as its type.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Not JSON at all (the syntax error).
+    NotJson(serde_json::Error),
+    /// JSON, but not of the expected shape.
+    Shape(serde_json::Error),
+}
+
+/// Reads a body straight into `T` (borrowing from it), telling a body that is not JSON from
+/// JSON of the wrong shape; the second parse runs only on that error path.
+pub fn parse_body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, BodyError> {
+    serde_json::from_slice(bytes).map_err(|shape| {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(syntax) => BodyError::NotJson(syntax),
+            Ok(_) => BodyError::Shape(shape),
+        }
+    })
 }
 
 /// Every record of a native body, or the first error: a push applies all or nothing.
