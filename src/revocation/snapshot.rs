@@ -178,15 +178,32 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // A fresh random name, created exclusively (O_CREAT|O_EXCL never follows a symlink):
+    // whoever can write to the directory cannot make jwtgate overwrite another file.
+    let mut suffix = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut suffix);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(".tmp-");
+    tmp.push(suffix.iter().map(|b| format!("{b:02x}")).collect::<String>());
     let tmp = PathBuf::from(tmp);
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
+    let written = (|| {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
     }
-    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -250,5 +267,29 @@ mod tests {
         }
         assert!(decode(&bytes[..bytes.len() - 5]).is_err());
         assert!(decode(b"").is_err());
+    }
+
+    #[test]
+    fn write_never_follows_a_symlink_left_in_the_directory() {
+        let dir = std::env::temp_dir().join(format!("jwtgate-snap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = dir.join("revocations.snapshot");
+        // The old fixed temp name, planted as a symlink to another file.
+        std::os::unix::fs::symlink(&victim, dir.join("revocations.snapshot.tmp")).unwrap();
+        let l = RevocationList::new();
+        write(&path, &encode(&l, None)).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(decode(&std::fs::read(&path).unwrap()).is_ok());
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
