@@ -179,7 +179,13 @@ impl Admin {
                 });
             }
         };
-        match record::native_all(&body.revocations) {
+        let screened = record::native_all(&body.revocations).and_then(|records| {
+            for (i, r) in records.iter().enumerate() {
+                rev.screen(i, r)?;
+            }
+            Ok(records)
+        });
+        match screened {
             Ok(records) => {
                 let new = rev.apply(RevocationSource::Push, &records);
                 json_resp(
@@ -214,7 +220,11 @@ impl Admin {
             Ok(v) => v,
             Err(resp) => return resp,
         };
-        match record::wso2_notify(&body) {
+        let screened = record::wso2_notify(&body).and_then(|n| match n {
+            record::Notify::Record(r) => rev.screen(0, &r).map(|()| record::Notify::Record(r)),
+            ignored => Ok(ignored),
+        });
+        match screened {
             Ok(record::Notify::Record(r)) => {
                 rev.apply(RevocationSource::Notify, std::slice::from_ref(&r));
                 json_resp(StatusCode::OK, &json!({"applied": 1}))

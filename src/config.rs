@@ -542,6 +542,29 @@ impl Config {
         self.issuers.iter().filter(|i| i.skip_audience_check)
     }
 
+    /// What is valid but risky, one line each: `check` prints them, `serve` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w: Vec<String> = self
+            .issuers_without_audience_check()
+            .map(|i| {
+                format!(
+                    "issuers.{}: skip_audience_check = true: tokens for any audience of this issuer are accepted",
+                    i.name
+                )
+            })
+            .collect();
+        if let Some(r) = &self.revocation
+            && r.feed.is_none()
+        {
+            w.push(
+                "revocation.feed_url: not set (push-only): a pod never learns revocations made \
+                 before it started unless its snapshot holds them"
+                    .to_owned(),
+            );
+        }
+        w
+    }
+
     /// The effective config as TOML, for `jwtgate check`; secrets print as `<redacted>`.
     pub fn to_effective_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))

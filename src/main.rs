@@ -87,6 +87,9 @@ fn main() -> ExitCode {
         Command::Check { config } => match load(&config, None, None, None) {
             Ok(c) => {
                 print!("{}", c.to_effective_toml());
+                for w in c.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 eprintln!("config OK: {}", config.display());
                 ExitCode::SUCCESS
             }
@@ -107,8 +110,8 @@ fn main() -> ExitCode {
                 eprintln!("{e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            for i in config.issuers_without_audience_check() {
-                tracing::warn!(issuer = %i.name, "skip_audience_check = true: tokens for any audience of this issuer are accepted");
+            for w in config.warnings() {
+                tracing::warn!("{w}");
             }
             run_with(threads, async move {
                 let app = App::bind(config).await?;

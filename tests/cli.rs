@@ -97,10 +97,21 @@ url = "http://127.0.0.1:8081"
 issuer = "https://km.example.com/oauth2/token"
 jwks_uri = "https://km.example.com/oauth2/jwks"
 skip_audience_check = true
+[revocation]
+push_token = "push-token-0123456789"
 "#,
     );
     let out = check_ok(&cfg.0);
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: issuers.km.example.com: skip_audience_check"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: revocation.feed_url: not set (push-only)"),
+        "{stderr}"
+    );
     assert!(stdout.contains("max_token_bytes = 8192"), "{stdout}");
     assert!(stdout.contains("name = \"km.example.com\""), "{stdout}");
 }

@@ -751,3 +751,183 @@ async fn a_token_repeated_on_one_connection_is_rechecked_every_time() {
         1.0
     );
 }
+
+/// Asserts a 503 `revocation_stale` that never reached the upstream.
+async fn assert_stale(h: &Harness, token: &str) {
+    let before = h.upstream.count();
+    let resp = h.get(token).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error_description"], "revocation list is out of date");
+    assert_eq!(
+        h.upstream.count(),
+        before,
+        "a stale-list request was forwarded"
+    );
+}
+
+/// Before the list was ever restored or synced, a revoked token must not pass: the proxy
+/// answers 503 (not only `/readyz`), whatever path reaches the pod.
+#[tokio::test]
+async fn not_yet_synced_list_is_stale_after_a_corrupt_snapshot_or_a_cold_start() {
+    for corrupt in [true, false] {
+        let dir = TempDir::new();
+        let path = dir.file("revocations.snapshot");
+        if corrupt {
+            std::fs::write(&path, b"JWTGREV1 damaged").unwrap();
+        }
+        let key = DevKey::p256("k");
+        let feed = Feed::start().await;
+        feed.set_down(true);
+        let h = Harness::start_with(
+            jwks_of(&[(&key, None)]),
+            Options {
+                extra: revocation(&format!(
+                    "feed_url = \"{}\"\npoll_interval_s = 1\nmax_sync_age_s = 600\nsnapshot_path = \"{path}\"",
+                    feed.native_url()
+                )),
+                wait_ready: false,
+                ..Options::default()
+            },
+        )
+        .await;
+        let c = h.claims();
+        let token = key.token(&c);
+        // Revoked at the key manager while this pod could not learn it.
+        feed.append(json!({"kind": "jti", "jti": c["jti"], "exp": c["exp"]}));
+        assert!(
+            h.eventually(5, || async {
+                h.metric(r#"jwtgate_jwks_keys{issuer="test-km"}"#).await == 1.0
+            })
+            .await
+        );
+        assert_eq!(h.metric("jwtgate_revocation_stale").await, 1.0);
+        assert_stale(&h, &token).await;
+        assert_eq!(
+            h.metric(r#"jwtgate_rejections_total{reason="revocation_stale"}"#)
+                .await,
+            1.0
+        );
+        feed.set_down(false);
+        assert!(h.eventually(10, || async { h.readyz().await == 200 }).await);
+        assert_revoked(&h, &token).await;
+        assert_eq!(h.metric("jwtgate_revocation_stale").await, 0.0);
+        assert_eq!(h.status(&key.token(&h.claims())).await, 200);
+    }
+}
+
+/// Push-only: a missing snapshot counts as restored-empty; a corrupt one is stale until the
+/// first push.
+#[tokio::test]
+async fn push_only_corrupt_snapshot_is_stale_until_the_first_push() {
+    let dir = TempDir::new();
+    let path = dir.file("revocations.snapshot");
+    let key = DevKey::p256("k");
+    let jwks = jwks_of(&[(&key, None)]);
+    let start = |path: String| {
+        let jwks = jwks.clone();
+        async move {
+            Harness::start_with(
+                jwks,
+                Options {
+                    extra: revocation(&format!("snapshot_path = \"{path}\"")),
+                    wait_ready: false,
+                    ..Options::default()
+                },
+            )
+            .await
+        }
+    };
+    let h = start(path.clone()).await;
+    h.wait_ready().await;
+    assert_eq!(
+        h.status(&key.token(&h.claims())).await,
+        200,
+        "missing = empty"
+    );
+    drop(h);
+
+    std::fs::write(&path, b"JWTGREV1 damaged").unwrap();
+    let h = start(path.clone()).await;
+    assert!(
+        h.eventually(5, || async {
+            h.metric(r#"jwtgate_jwks_keys{issuer="test-km"}"#).await == 1.0
+        })
+        .await
+    );
+    let c = h.claims();
+    let token = key.token(&c);
+    assert_stale(&h, &token).await;
+    assert_eq!(h.readyz().await, 503);
+    assert_eq!(
+        h.push(json!([{"kind": "jti", "jti": c["jti"], "exp": c["exp"]}]))
+            .await,
+        202
+    );
+    assert_revoked(&h, &token).await;
+    assert_eq!(h.status(&key.token(&h.claims())).await, 200);
+    assert_eq!(h.readyz().await, 200);
+}
+
+/// A record from the far future (a seconds/milliseconds slip) would lock a user out for
+/// good: refused by push (400, nothing applied), notify (400) and skipped by a feed.
+#[tokio::test]
+async fn records_from_the_future_are_refused_by_every_source() {
+    let key = DevKey::rsa("k");
+    let feed = Feed::start().await;
+    let h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            issuer_extra: "profile = \"wso2\"".into(),
+            extra: revocation(&format!(
+                "feed_url = \"{}\"\npoll_interval_s = 1\nnotify_username = \"km\"\nnotify_password = \"km-secret\"",
+                feed.native_url()
+            )),
+            ..Options::default()
+        },
+    )
+    .await;
+    let n = now();
+    let c = wso2_claims(&h, "uuid-f1", "ck-f1");
+    let token = key.token(&c);
+    let ok = json!({"kind": "jti", "jti": "other", "exp": n + 60});
+    for future in [
+        json!({"kind": "subject", "sub": "uuid-f1", "revoked_at": n * 1000}),
+        json!({"kind": "client", "client_id": "ck-f1", "revoked_at": n + 3600}),
+        json!({"kind": "jti", "jti": c["jti"], "exp": (n + 600) * 1000}),
+    ] {
+        assert_eq!(h.push(json!([ok, future])).await, 400, "{future}");
+    }
+    assert_eq!(h.metric(r#"jwtgate_revocations{kind="jti"}"#).await, 0.0);
+    let notify = |body: Value| {
+        let req = h
+            .http
+            .post(format!("http://{}/internal/data/v1/notify", h.admin))
+            .basic_auth("km", Some("km-secret"))
+            .json(&body);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let micros = json!({"type": "consumer_app_revocation_event", "consumerKey": "ck-f1", "revocationTime": n * 1_000_000});
+    assert_eq!(notify(micros).await, 400);
+    let rejected = r#"jwtgate_revocation_events_total{result="rejected",source="native_poll"}"#;
+    feed.append(json!({"kind": "subject", "sub": "uuid-f1", "revoked_at": n * 1000}));
+    feed.append(json!({"kind": "jti", "jti": "other", "exp": n + 60}));
+    assert!(
+        h.eventually(5, || async { h.metric(rejected).await == 1.0 })
+            .await
+    );
+    assert!(
+        h.eventually(5, || async {
+            h.metric(r#"jwtgate_revocations{kind="jti"}"#).await == 1.0
+        })
+        .await,
+        "the good row of the page is applied"
+    );
+    assert_eq!(
+        h.metric(r#"jwtgate_revocations{kind="subject"}"#).await,
+        0.0
+    );
+    assert_eq!(h.metric(r#"jwtgate_revocations{kind="client"}"#).await, 0.0);
+    assert_eq!(h.status(&token).await, 200);
+}

@@ -94,7 +94,9 @@ impl Poller {
                 let body = self.get(feed.url.clone()).await?;
                 let body: Value = serde_json::from_slice(&body)
                     .map_err(|e| format!("feed body is not JSON ({e})"))?;
-                let (records, errors) = record::wso2_feed(&body)?;
+                let (records, mut errors) = record::wso2_feed(&body)?;
+                let (records, future) = self.rev.screen_all(records);
+                errors.extend(future);
                 self.report(RevocationSource::Wso2Poll, &errors);
                 Ok(self.rev.apply(RevocationSource::Wso2Poll, &records))
             }
@@ -116,7 +118,10 @@ impl Poller {
                     let mut records = Vec::with_capacity(page.revocations.len());
                     let mut errors = Vec::new();
                     for (i, v) in page.revocations.iter().enumerate() {
-                        match record::native_raw(i, v) {
+                        match record::native_raw(i, v).and_then(|r| {
+                            self.rev.screen(i, &r)?;
+                            Ok(r)
+                        }) {
                             Ok(r) => records.push(r),
                             Err(e) => errors.push(e),
                         }

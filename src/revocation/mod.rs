@@ -108,6 +108,11 @@ impl Revocation {
             dirty_signal: tokio::sync::Notify::new(),
         };
         r.update_gauges();
+        if !ready {
+            // Until restored or synced, the list is stale: the proxy answers 503 under
+            // `on_stale = "reject"`, not only `/readyz`.
+            r.note_stale(true);
+        }
         r
     }
 
@@ -123,8 +128,13 @@ impl Revocation {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Every poll source has failed for longer than `max_sync_age_s`.
+    /// The list cannot be trusted to hold every revocation (DESIGN §5): it was neither
+    /// restored nor synced yet (cold start with the feed down, a corrupt snapshot moved
+    /// aside), or every poll source has failed for longer than `max_sync_age_s`.
     pub fn is_stale(&self) -> bool {
+        if !self.is_ready() {
+            return true;
+        }
         let Some(_) = &self.cfg.feed else {
             return false;
         };
@@ -133,6 +143,45 @@ impl Revocation {
             .load(Ordering::Acquire)
             .max(self.started_at);
         self.clock.now() - last > self.cfg.max_sync_age.as_secs() as i64
+    }
+
+    /// Refuses a record that reaches too far into the future (DESIGN §4): a `revoked_at`
+    /// past now + leeway, or a `jti` record whose `exp` is past now + the lifetime bound.
+    /// A seconds/milliseconds slip upstream must not lock a user out for good.
+    pub fn screen(&self, index: usize, record: &Record) -> Result<(), record::RecordError> {
+        let now = self.clock.now();
+        let problem = match record {
+            Record::Rule { revoked_at, .. } if *revoked_at > now.saturating_add(self.leeway) => {
+                "revoked_at is in the future (seconds, not milliseconds?)"
+            }
+            Record::Id { exp, .. }
+                if *exp > now.saturating_add(self.cfg.max_token_lifetime_s as i64) =>
+            {
+                "exp is later than now + max_token_lifetime_s (seconds, not milliseconds?)"
+            }
+            _ => return Ok(()),
+        };
+        Err(record::RecordError {
+            index,
+            message: problem.to_owned(),
+        })
+    }
+
+    /// Splits records into the admissible ones and the errors of the others (feeds).
+    pub fn screen_all(&self, records: Vec<Record>) -> (Vec<Record>, Vec<record::RecordError>) {
+        let mut errors = Vec::new();
+        let kept = records
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| match self.screen(i, &r) {
+                Ok(()) => Some(r),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            })
+            .collect();
+        (kept, errors)
     }
 
     /// The per-request check: revoked → 401; stale with `on_stale = reject` → 503.
@@ -155,7 +204,9 @@ impl Revocation {
         let new = self.list.apply(records);
         self.metrics
             .revocation_event(source, EventResult::Applied, records.len() as u64);
-        self.ready.store(true, Ordering::Release);
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            self.note_stale(self.is_stale());
+        }
         if new > 0 {
             self.mark_dirty();
         }
@@ -182,7 +233,12 @@ impl Revocation {
     fn note_stale(&self, stale: bool) {
         let was = self.stale.swap(stale, Ordering::AcqRel);
         self.metrics.revocation_stale.set(i64::from(stale));
-        if stale && !was {
+        if stale && !was && !self.is_ready() {
+            tracing::warn!(
+                on_stale = ?self.cfg.on_stale,
+                "revocation list not restored or synced yet: it is stale until a source syncs"
+            );
+        } else if stale && !was {
             tracing::warn!(
                 max_sync_age_s = self.cfg.max_sync_age.as_secs(),
                 on_stale = ?self.cfg.on_stale,

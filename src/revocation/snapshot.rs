@@ -184,7 +184,12 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     let _ = aws_lc_rs::rand::fill(&mut suffix);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp-");
-    tmp.push(suffix.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    tmp.push(
+        suffix
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    );
     let tmp = PathBuf::from(tmp);
     let written = (|| {
         use std::os::unix::fs::OpenOptionsExt as _;
