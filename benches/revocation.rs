@@ -38,6 +38,7 @@ fn facts(jti: &str) -> Facts<'_> {
         client: Some("consumer-key-1"),
         entity_id: None,
         signature: "",
+        signature_twin: None,
         iat: Some(1_700_000_000),
     }
 }

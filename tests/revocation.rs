@@ -931,3 +931,62 @@ async fn records_from_the_future_are_refused_by_every_source() {
     assert_eq!(h.metric(r#"jwtgate_revocations{kind="client"}"#).await, 0.0);
     assert_eq!(h.status(&token).await, 200);
 }
+
+/// ECDSA is malleable: `(r, n − s)` verifies like `(r, s)`. WSO2 revokes a jti-less token by
+/// its signature segment, so the twin token must be refused too, whichever of the two was
+/// recorded (records and snapshots unchanged: the twin is probed at check time).
+#[tokio::test]
+async fn a_signature_revocation_catches_the_ecdsa_twin_token() {
+    use jwtgate::auth::token::{EcOrder, ecdsa_twin};
+    for (key, order) in [
+        (DevKey::p256("k"), EcOrder::P256),
+        (DevKey::p384("k"), EcOrder::P384),
+    ] {
+        let h = Harness::start_with(
+            jwks_of(&[(&key, None)]),
+            Options {
+                issuer_extra: "profile = \"wso2\"".into(),
+                extra: revocation(
+                    "require_jti = false\nnotify_username = \"km\"\nnotify_password = \"km-secret\"",
+                ),
+                ..Options::default()
+            },
+        )
+        .await;
+        let twin_of = |token: &str| {
+            let (signed, sig) = token.rsplit_once('.').unwrap();
+            let twin = ecdsa_twin(sig, order).expect("an ECDSA signature");
+            (sig.to_owned(), format!("{signed}.{twin}"))
+        };
+        let revoke_signature = |sig: String| {
+            let req = h
+                .http
+                .post(format!("http://{}/internal/data/v1/notify", h.admin))
+                .basic_auth("km", Some("km-secret"))
+                .json(&json!({"type": "token_revocation", "accessToken": sig, "expiryTime": (now() + 600) * 1000}));
+            async move { req.send().await.unwrap().status().as_u16() }
+        };
+        let mut c = h.claims();
+        c.as_object_mut().unwrap().remove("jti");
+        let token = key.token(&c);
+        let (sig, twin) = twin_of(&token);
+        assert_eq!(h.status(&token).await, 200);
+        assert_eq!(
+            h.status(&twin).await,
+            200,
+            "the twin verifies: the attack's premise"
+        );
+        assert_eq!(revoke_signature(sig).await, 200);
+        assert_revoked(&h, &token).await;
+        assert_revoked(&h, &twin).await;
+
+        // The key manager recorded the other encoding: the original is caught as well.
+        c["sub"] = "bob".into();
+        let other = key.token(&c);
+        let (_, other_twin) = twin_of(&other);
+        let twin_sig = other_twin.rsplit_once('.').unwrap().1.to_owned();
+        assert_eq!(revoke_signature(twin_sig).await, 200);
+        assert_revoked(&h, &other).await;
+        assert_revoked(&h, &other_twin).await;
+    }
+}

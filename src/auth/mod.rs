@@ -349,15 +349,28 @@ impl Authenticator {
             }
         }
 
+        let wso2 = issuer.cfg.profile == Profile::Wso2;
+        // WSO2 may revoke a jti-less token by its signature: an ECDSA signature has a twin
+        // encoding that verifies too, and both must be caught (only WSO2 records use it).
+        let twin = match alg {
+            Algorithm::ES256 if wso2 && self.revocation.is_some() => {
+                token::ecdsa_twin(seg.signature, token::EcOrder::P256)
+            }
+            Algorithm::ES384 if wso2 && self.revocation.is_some() => {
+                token::ecdsa_twin(seg.signature, token::EcOrder::P384)
+            }
+            _ => None,
+        };
         let revocation_fps = self.revocation.as_ref().map(|rev| {
             rev.list().fingerprints(&Facts {
                 iss: &issuer.cfg.issuer,
-                wso2: issuer.cfg.profile == Profile::Wso2,
+                wso2,
                 jti: claims.jti.as_deref(),
                 sub: claims.sub.as_deref(),
                 client: claims.client_id.as_deref().or(claims.azp.as_deref()),
                 entity_id: claims.entity_id.as_deref(),
                 signature: seg.signature,
+                signature_twin: twin.as_deref(),
                 iat: claims.iat.map(|d| d.0),
             })
         });

@@ -169,6 +169,49 @@ pub fn claims(segment: &str) -> Result<Claims, Reject> {
     })
 }
 
+/// Group orders of P-256 and P-384 (SEC 2), big-endian.
+const P256_N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+const P384_N: [u8; 48] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xc7, 0x63, 0x4d, 0x81, 0xf4, 0x37, 0x2d, 0xdf,
+    0x58, 0x1a, 0x0d, 0xb2, 0x48, 0xb0, 0xa7, 0x7a, 0xec, 0xec, 0x19, 0x6a, 0xcc, 0xc5, 0x29, 0x73,
+];
+
+/// The other encoding of an ECDSA signature: `(r, s)` and `(r, n − s)` both verify (ECDSA
+/// is malleable), so anyone holding a token can make a second token with other signature
+/// bytes. Given the base64url `r || s` of a verified ES256/ES384 signature, returns the
+/// base64url `r || (n − s)`; `None` for any other algorithm or length.
+pub fn ecdsa_twin(signature: &str, order: EcOrder) -> Option<String> {
+    let n: &[u8] = match order {
+        EcOrder::P256 => &P256_N,
+        EcOrder::P384 => &P384_N,
+    };
+    let mut sig = [0u8; 96];
+    let len = URL_SAFE_NO_PAD.decode_slice(signature, &mut sig).ok()?;
+    if len != 2 * n.len() {
+        return None;
+    }
+    let s = &mut sig[n.len()..len];
+    // s ← n − s, big-endian, with borrow; a verified s is in [1, n − 1], so no underflow.
+    let mut borrow = 0i16;
+    for i in (0..n.len()).rev() {
+        let d = i16::from(n[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        s[i] = d.rem_euclid(256) as u8;
+    }
+    (borrow == 0).then(|| URL_SAFE_NO_PAD.encode(&sig[..len]))
+}
+
+/// The curve of an ECDSA signature, for [`ecdsa_twin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EcOrder {
+    P256,
+    P384,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +253,25 @@ mod tests {
         assert!(header(&b(r#"{"alg":"RS256","alg":"none"}"#)).is_err());
         let h = header(&b(r#"{"alg":"RS256","kid":"k","jku":"http://evil"}"#)).unwrap();
         assert_eq!(h.kid.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn ecdsa_twin_is_n_minus_s_and_an_involution() {
+        // s = 1 → n − 1; r untouched.
+        let mut sig = [0u8; 64];
+        sig[0] = 7;
+        sig[63] = 1;
+        let twin = ecdsa_twin(&URL_SAFE_NO_PAD.encode(sig), EcOrder::P256).unwrap();
+        let bytes = URL_SAFE_NO_PAD.decode(&twin).unwrap();
+        assert_eq!(bytes[0], 7);
+        let mut n_minus_1 = P256_N;
+        n_minus_1[31] -= 1;
+        assert_eq!(&bytes[32..], &n_minus_1);
+        assert_eq!(
+            ecdsa_twin(&twin, EcOrder::P256).unwrap(),
+            URL_SAFE_NO_PAD.encode(sig)
+        );
+        // Wrong length for the curve: no twin.
+        assert!(ecdsa_twin(&URL_SAFE_NO_PAD.encode(sig), EcOrder::P384).is_none());
     }
 }

@@ -187,7 +187,7 @@ pub(crate) type Entries = (Vec<(u64, u32)>, Vec<(u64, RuleValue)>);
 /// Absent identifiers are 0 (a real fingerprint is never 0, see `fp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenFingerprints {
-    ids: [u64; 3],
+    ids: [u64; 4],
     rules: [u64; 6],
 }
 
@@ -203,6 +203,10 @@ pub struct Facts<'a> {
     pub entity_id: Option<&'a str>,
     /// The signature segment (WSO2 records may name it instead of the jti).
     pub signature: &'a str,
+    /// For ECDSA: the other valid encoding of the same signature, (r, n − s), base64url.
+    /// Whoever holds a token can compute it, and it verifies just as well, so a record
+    /// naming either encoding must catch both.
+    pub signature_twin: Option<&'a str>,
     pub iat: Option<i64>,
 }
 
@@ -331,6 +335,7 @@ impl RevocationList {
                 fp(Target::Jti, "", t.jti),
                 wso2(Target::Wso2Token, t.jti),
                 wso2(Target::Wso2Token, signature),
+                wso2(Target::Wso2Token, t.signature_twin),
             ],
             rules: [
                 fp(Target::Subject, "", t.sub),
@@ -402,6 +407,7 @@ mod tests {
             client: Some("app"),
             entity_id: Some("uuid-alice"),
             signature: "sig",
+            signature_twin: None,
             iat: Some(1000),
         }
     }
@@ -487,6 +493,7 @@ mod tests {
         let w2 = Facts {
             wso2: true,
             signature: "other",
+            signature_twin: None,
             jti: Some("j1"),
             ..facts()
         };

@@ -250,6 +250,7 @@ mod tests {
             client: None,
             entity_id: None,
             signature: "",
+            signature_twin: None,
             iat: Some(1),
         };
         assert!(r.list.is_revoked(&f));
