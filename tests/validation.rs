@@ -483,3 +483,47 @@ async fn kidless_token_is_checked_against_fitting_keys() {
     let bad = other.token_with(Algorithm::EdDSA, json!({"kid": null}), &h.claims());
     assert_rejected(&h, &bad, "signature").await;
 }
+
+/// A JWKS carrying an Ed25519 small-order point (the identity): with it, the signature
+/// `R = identity, S = 0` verifies for any message under aws-lc. The key is refused when the
+/// set is parsed, so the forged token finds no key.
+#[tokio::test]
+async fn small_order_ed25519_key_in_the_jwks_verifies_nothing() {
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let good = DevKey::ed25519("good").public_jwk(None);
+    let h = Harness::start(json!({"keys": [
+        {"kty": "OKP", "crv": "Ed25519", "kid": "evil", "x": b64(&identity)}, good
+    ]}))
+    .await;
+    let header = b64(br#"{"alg":"EdDSA","kid":"evil"}"#);
+    let payload = b64(h.claims().to_string().as_bytes());
+    let mut sig = [0u8; 64];
+    sig[0] = 1;
+    let forged = format!("{header}.{payload}.{}", b64(&sig));
+    assert_rejected(&h, &forged, "unknown_kid").await;
+}
+
+/// A kid longer than 256 bytes is malformed before any key lookup or refetch (it never
+/// reaches the negative kid cache, which keeps a fixed-size hash per kid anyway).
+#[tokio::test]
+async fn overlong_kid_is_malformed_before_any_key_lookup() {
+    let k = keys();
+    let h = harness(&k).await;
+    let long = "k".repeat(257);
+    let token = k.rsa.token_with(
+        Algorithm::RS256,
+        json!({"alg": "RS256", "kid": long}),
+        &h.claims(),
+    );
+    let hits = h.keys.hits();
+    assert_rejected(&h, &token, "malformed").await;
+    assert_eq!(h.keys.hits(), hits, "no refetch for an overlong kid");
+    let token = k.rsa.token_with(
+        Algorithm::RS256,
+        json!({"alg": "RS256", "kid": "k".repeat(256)}),
+        &h.claims(),
+    );
+    assert_rejected(&h, &token, "unknown_kid").await;
+    assert!(h.keys.hits() > hits, "a 256-byte kid is looked up");
+}

@@ -28,6 +28,10 @@ use crate::metrics::Metrics;
 use crate::revocation::{Facts, Revocation, TokenFingerprints};
 pub use reject::{Reason, Reject};
 
+/// Longest accepted `kid`: key ids are short names or thumbprints (a base64url SHA-256 is
+/// 43 bytes); a longer one is `malformed` before any key lookup.
+pub const MAX_KID_BYTES: usize = 256;
+
 /// At most this many keys are tried for a token without `kid`.
 const MAX_KIDLESS_CANDIDATES: usize = 4;
 
@@ -253,6 +257,9 @@ impl Authenticator {
             Reason::Algorithm,
             "token alg is not an accepted signature algorithm",
         ))?;
+        if header.kid.as_ref().is_some_and(|k| k.len() > MAX_KID_BYTES) {
+            return Err(Reject::new(Reason::Malformed, "token kid is too long"));
+        }
         if header.crit.is_some() {
             return Err(Reject::new(
                 Reason::Malformed,

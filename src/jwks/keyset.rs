@@ -262,9 +262,10 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
         }
         ("OKP", Some("Ed25519")) => {
             let x = b64("x", jwk.x.as_deref())?;
-            if x.len() != 32 {
+            let Ok(point) = <[u8; 32]>::try_from(x.as_slice()) else {
                 return Err("Ed25519 key must be 32 bytes".into());
-            }
+            };
+            ed25519_point_is_safe(&point)?;
             let key = DecodingKey::from_ed_components(jwk.x.as_deref().unwrap_or_default())
                 .map_err(|e| e.to_string())?;
             let parsed = ParsedPublicKey::new(&aws_lc_rs::signature::ED25519, &x)
@@ -344,6 +345,50 @@ fn identity(kid: Option<&str>, material: &[u8]) -> u64 {
     u64::from_le_bytes(first)
 }
 
+/// The y-coordinates (little-endian, x-sign bit cleared) of the Edwards25519 points of
+/// order 1, 2, 4 and 8: 1 (identity), p − 1 (order 2), 0 (order 4), and the two y values of
+/// the four points of order 8. A key that is one of them makes a signature with R = that
+/// point and S = 0 verify for every message under cofactored checks, and several under
+/// others: such a key can only be an attack.
+const ED25519_SMALL_ORDER_Y: [[u8; 32]; 5] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+];
+
+/// Refuses an Ed25519 public key that is not canonically encoded (y ≥ p = 2^255 − 19) or
+/// is a point of small order (RFC 8032 §5.1.3 leaves both to the verifier; aws-lc takes
+/// them).
+fn ed25519_point_is_safe(enc: &[u8; 32]) -> Result<(), String> {
+    let mut y = *enc;
+    y[31] &= 0x7f;
+    // y ≥ p: the top 250 bits all ones and the low byte ≥ 0xed.
+    if y[31] == 0x7f && y[1..31].iter().all(|b| *b == 0xff) && y[0] >= 0xed {
+        return Err("Ed25519 key is not canonically encoded (y >= p)".into());
+    }
+    if ED25519_SMALL_ORDER_Y.contains(&y) {
+        return Err("Ed25519 key is a point of small order".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +430,29 @@ mod tests {
         assert!(set.get("h").is_none());
         assert!(set.get("small").is_none());
         assert!(set.get("offcurve").is_none());
+    }
+
+    #[test]
+    fn small_order_and_non_canonical_ed25519_keys_are_refused() {
+        let okp = |kid: &str, x: &[u8]| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b(x)});
+        let mut keys: Vec<serde_json::Value> = Vec::new();
+        for (i, y) in ED25519_SMALL_ORDER_Y.iter().enumerate() {
+            keys.push(okp(&format!("small{i}"), y));
+            let mut neg = *y;
+            neg[31] |= 0x80;
+            keys.push(okp(&format!("small{i}neg"), &neg));
+        }
+        // y = p and y = p + 1: non-canonical spellings of 0 and 1.
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        keys.push(okp("p", &p));
+        p[0] = 0xee;
+        keys.push(okp("p1", &p));
+        keys.push(crate::devkm::DevKey::ed25519("good").public_jwk(None));
+        let set = parse(keys);
+        assert_eq!(set.len(), 1, "only the real key stays");
+        assert!(set.get("good").is_some());
     }
 
     #[test]

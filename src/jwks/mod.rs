@@ -82,7 +82,10 @@ pub struct IssuerKeys {
     current: ArcSwapOption<Loaded>,
     ever_loaded: AtomicBool,
     fetch_lock: tokio::sync::Mutex<RefetchState>,
-    missing_kids: moka::sync::Cache<String, ()>,
+    /// Kids known to be missing, by a keyed 64-bit hash: an entry costs the same whatever
+    /// the kid's length, so attacker-chosen kids buy no memory.
+    missing_kids: moka::sync::Cache<u64, ()>,
+    missing_kid_hasher: std::collections::hash_map::RandomState,
     metrics: IssuerMetrics,
 }
 
@@ -127,6 +130,7 @@ impl IssuerKeys {
                 .max_capacity(NEGATIVE_CACHE_ENTRIES)
                 .time_to_live(cfg.min_refetch_interval)
                 .build(),
+            missing_kid_hasher: std::collections::hash_map::RandomState::new(),
             metrics,
         })
     }
@@ -161,7 +165,8 @@ impl IssuerKeys {
 
     /// The key for `kid`, waiting for one shared, rate-limited refetch if it is unknown.
     pub async fn key_for_unknown_kid(&self, kid: &str) -> Result<Arc<VerifyKey>, KeyError> {
-        if self.missing_kids.contains_key(kid) {
+        let kid_hash = std::hash::BuildHasher::hash_one(&self.missing_kid_hasher, kid);
+        if self.missing_kids.contains_key(&kid_hash) {
             return Err(KeyError::UnknownKid);
         }
         let wait = async {
@@ -182,7 +187,7 @@ impl IssuerKeys {
                 Some(k) => Ok(k.clone()),
                 None if state.last_failed => Err(KeyError::Unavailable),
                 None => {
-                    self.missing_kids.insert(kid.to_owned(), ());
+                    self.missing_kids.insert(kid_hash, ());
                     Err(KeyError::UnknownKid)
                 }
             }
