@@ -156,6 +156,76 @@ pub struct ServerConfig {
     pub shutdown_delay: Duration,
     #[serde(serialize_with = "ser_secs")]
     pub drain_timeout: Duration,
+    /// Peers whose `Forwarded` / `X-Forwarded-*` / `X-Real-IP` are kept (DESIGN §6).
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An IP network, `ADDR/PREFIX` (a bare address is a /32 or /128). IPv4-mapped IPv6 peers
+/// are matched as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: prefix must be 0..={max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,6 +275,12 @@ pub struct LimitsConfig {
     pub max_header_bytes: usize,
     #[serde(serialize_with = "ser_millis")]
     pub header_read_timeout: Duration,
+    /// An idle keep-alive or HTTP/2 connection is closed after this.
+    #[serde(serialize_with = "ser_millis")]
+    pub idle_timeout: Duration,
+    /// Connections served at once on the proxy listener; more wait in the accept queue.
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -316,6 +392,7 @@ struct RawServer {
     admin_listen: Option<String>,
     shutdown_delay_s: Option<u64>,
     drain_timeout_s: Option<u64>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -362,6 +439,9 @@ struct RawLimits {
     max_token_bytes: Option<u64>,
     max_header_bytes: Option<u64>,
     header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
+    h2_max_concurrent_streams: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -702,6 +782,17 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig {
         admin_listen: addr("server.admin_listen", raw.admin_listen, "127.0.0.1:9901", p),
         shutdown_delay: Duration::from_secs(raw.shutdown_delay_s.unwrap_or(5)),
         drain_timeout: Duration::from_secs(raw.drain_timeout_s.unwrap_or(30)),
+        trusted_proxies: raw
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                text.parse::<Cidr>()
+                    .map_err(|e| p.push(format!("server.trusted_proxies[{i}]"), e))
+                    .ok()
+            })
+            .collect(),
     }
 }
 
@@ -960,10 +1051,28 @@ fn validate_limits(raw: RawLimits, p: &mut Problems) -> LimitsConfig {
     if timeout == 0 {
         p.push("limits.header_read_timeout_ms", "must be greater than 0");
     }
+    let idle = raw.idle_timeout_ms.unwrap_or(60_000);
+    if idle == 0 {
+        p.push("limits.idle_timeout_ms", "must be greater than 0");
+    }
+    let max_connections = raw.max_connections.unwrap_or(10_000);
+    if !(1..=1_000_000).contains(&max_connections) {
+        p.push("limits.max_connections", "must be between 1 and 1000000");
+    }
+    let streams = raw.h2_max_concurrent_streams.unwrap_or(100);
+    if !(1..=10_000).contains(&streams) {
+        p.push(
+            "limits.h2_max_concurrent_streams",
+            "must be between 1 and 10000",
+        );
+    }
     LimitsConfig {
         max_token_bytes: max_token as usize,
         max_header_bytes: max_header as usize,
         header_read_timeout: Duration::from_millis(timeout),
+        idle_timeout: Duration::from_millis(idle),
+        max_connections: max_connections as usize,
+        h2_max_concurrent_streams: streams as u32,
     }
 }
 

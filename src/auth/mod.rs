@@ -339,6 +339,14 @@ impl Authenticator {
             ));
         }
 
+        if claims.cnf.is_some_and(|c| c.0 > 0) {
+            // Bound to a DPoP key or a client certificate (RFC 9449 / RFC 8705): jwtgate
+            // does not check the binding, so it must not accept the token as a bearer token.
+            return Err(Reject::new(
+                Reason::BoundToken,
+                "token is bound to a key (cnf) and cannot be used as a bearer token",
+            ));
+        }
         if let Some((max_lifetime, require_jti)) = self.lifetime {
             // Without these bounds, pruning a rule could revive a token it revoked.
             let iat = claims.iat.ok_or(Reject::new(
@@ -395,8 +403,9 @@ impl Authenticator {
         Ok(verified)
     }
 
-    /// A cached verdict still stands: inside the time window, key still published.
-    fn still_valid(&self, v: &Verified) -> bool {
+    /// A cached verdict still stands: inside the time window, key still published (cache
+    /// hits, the per-connection repeat, and open tunnels).
+    pub fn still_valid(&self, v: &Verified) -> bool {
         let issuer = &self.issuers[v.issuer];
         let now = self.clock.now();
         let leeway = issuer.cfg.leeway_s as i64;

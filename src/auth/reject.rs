@@ -25,10 +25,12 @@ pub enum Reason {
     KeysUnavailable,
     RevocationStale,
     DuplicateCredentials,
+    BadRequest,
+    BoundToken,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 21] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::TooLarge,
@@ -48,6 +50,8 @@ impl Reason {
         Reason::KeysUnavailable,
         Reason::RevocationStale,
         Reason::DuplicateCredentials,
+        Reason::BadRequest,
+        Reason::BoundToken,
     ];
 
     pub fn label(self) -> &'static str {
@@ -71,6 +75,8 @@ impl Reason {
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::RevocationStale => "revocation_stale",
             Reason::DuplicateCredentials => "duplicate_credentials",
+            Reason::BadRequest => "bad_request",
+            Reason::BoundToken => "bound_token",
         }
     }
 
@@ -81,7 +87,7 @@ impl Reason {
     pub fn status(self) -> StatusCode {
         match self {
             Reason::KeysUnavailable | Reason::RevocationStale => StatusCode::SERVICE_UNAVAILABLE,
-            Reason::DuplicateCredentials => StatusCode::BAD_REQUEST,
+            Reason::DuplicateCredentials | Reason::BadRequest => StatusCode::BAD_REQUEST,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -90,7 +96,7 @@ impl Reason {
     pub fn error_code(self) -> Option<&'static str> {
         match self {
             Reason::Missing => None,
-            Reason::DuplicateCredentials => Some("invalid_request"),
+            Reason::DuplicateCredentials | Reason::BadRequest => Some("invalid_request"),
             Reason::KeysUnavailable | Reason::RevocationStale => Some("temporarily_unavailable"),
             _ => Some("invalid_token"),
         }

@@ -145,6 +145,39 @@ pub struct Claims {
     pub azp: Option<String>,
     pub token_type: Option<String>,
     pub entity_id: Option<String>,
+    /// RFC 7800 confirmation: a token bound to a key (DPoP, mTLS) carries members here.
+    pub cnf: Option<Confirmation>,
+}
+
+/// The number of members of a `cnf` object (RFC 7800 §3.1: it must be an object; any
+/// other type makes the claims malformed). Member values are skipped unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmation(pub usize);
+
+impl<'de> Deserialize<'de> for Confirmation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Confirmation;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object (RFC 7800 cnf)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Confirmation, A::Error> {
+                let mut n = 0;
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {
+                    n += 1;
+                }
+                Ok(Confirmation(n))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 fn decode(segment: &str, what: &'static str) -> Result<Vec<u8>, Reject> {

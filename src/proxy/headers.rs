@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Always connection-specific; never forwarded in either direction. (`Trailer` is not one:
 /// it announces end-to-end trailer fields, and hyper sends only announced trailers.)
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -18,6 +18,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
+    // The h2c upgrade's settings (RFC 7540 §3.2.1): connection-specific by definition.
+    HeaderName::from_static("http2-settings"),
 ];
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -39,6 +41,130 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             X_FORWARDED_HOST,
         ]
         .contains(name)
+}
+
+/// Headers that would let an upstream framework serve another method or path than the one
+/// jwtgate checked (DESIGN §6): a 400 in any spelling.
+const OVERRIDES: [&str; 5] = [
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// `name` equals `target` once every `_` in `name` is read as `-` (CGI, WSGI and PHP fold
+/// both onto one `HTTP_*` variable). Header names arrive lower-cased.
+pub fn folds_to(name: &str, target: &str) -> bool {
+    name.len() == target.len()
+        && name
+            .bytes()
+            .zip(target.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
+/// `Forwarded`, `X-Forwarded-*` or `X-Real-IP`, in any spelling.
+fn is_forwarding(name: &str) -> bool {
+    folds_to(name, "forwarded")
+        || folds_to(name, "x-real-ip")
+        || (name.len() > 12 && folds_to(&name[..12], "x-forwarded-"))
+}
+
+/// What one pass over a request's header names found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// A method or URL override header, in any spelling.
+    pub override_header: bool,
+    /// Some `Forwarded` / `X-Forwarded-*` / `X-Real-IP`, in any spelling.
+    pub forwarding: bool,
+    /// Some name holds `_` (it may fold onto a header jwtgate owns).
+    pub underscore: bool,
+}
+
+/// One pass over the names: most requests have none of these, and pay a few byte compares
+/// per name.
+pub fn scan(headers: &HeaderMap) -> Scan {
+    let mut scan = Scan::default();
+    for name in headers.keys() {
+        let n = name.as_str();
+        let underscore = n.contains('_');
+        scan.underscore |= underscore;
+        if n.starts_with('x') || n.starts_with('f') {
+            scan.forwarding |= is_forwarding(n);
+            scan.override_header |= OVERRIDES.iter().any(|o| folds_to(n, o));
+        }
+    }
+    scan
+}
+
+/// Removes every header whose name folds onto `owned` but is not spelled `owned` (the exact
+/// spelling is replaced by the caller's `insert`).
+pub fn remove_spellings_of(headers: &mut HeaderMap, owned: &HeaderName) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| *k != owned && folds_to(k.as_str(), owned.as_str()))
+        .cloned()
+        .collect();
+    for k in doomed {
+        tracing::debug!(header = %k, "client header spelled like a jwtgate header dropped");
+        headers.remove(&k);
+    }
+}
+
+/// Removes every spelling of `Forwarded`, `X-Forwarded-*` and `X-Real-IP` (a client that is
+/// not a trusted proxy does not get to say where a request came from).
+pub fn remove_forwarding(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_forwarding(k.as_str()))
+        .cloned()
+        .collect();
+    for k in doomed {
+        headers.remove(&k);
+    }
+}
+
+/// The `Sec-WebSocket-Key` of a WebSocket opening handshake (RFC 6455 §4.1: HTTP/1.1
+/// `GET`, `Upgrade: websocket`, `Connection: upgrade`, version 13, one key); `None` for
+/// anything else, which is then forwarded as a plain request without its upgrade.
+pub fn websocket_key(
+    method: &http::Method,
+    version: http::Version,
+    headers: &HeaderMap,
+) -> Option<HeaderValue> {
+    if version != http::Version::HTTP_11 || method != http::Method::GET {
+        return None;
+    }
+    let single = |name: &HeaderName| {
+        let mut values = headers.get_all(name).iter();
+        let first = values.next()?;
+        values.next().is_none().then_some(first)
+    };
+    let upgrade = single(&header::UPGRADE)?;
+    let version = single(&header::SEC_WEBSOCKET_VERSION)?;
+    let key = single(&header::SEC_WEBSOCKET_KEY)?;
+    (upgrade.as_bytes().eq_ignore_ascii_case(b"websocket")
+        && version.as_bytes() == b"13"
+        && !key.is_empty()
+        && connection_has(headers, "upgrade"))
+    .then(|| key.clone())
+}
+
+/// The upstream's `101` completes the handshake for `key` (RFC 6455 §4.2.2): `Upgrade:
+/// websocket` and `Sec-WebSocket-Accept` = base64(SHA-1(key ‖ GUID)).
+pub fn websocket_accepted(response: &HeaderMap, key: &HeaderValue) -> bool {
+    use base64::Engine as _;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(GUID);
+    let expected = base64::engine::general_purpose::STANDARD.encode(ctx.finish());
+    response
+        .get(header::UPGRADE)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && response
+            .get(header::SEC_WEBSOCKET_ACCEPT)
+            .is_some_and(|a| a.as_bytes() == expected.as_bytes())
 }
 
 /// Whether `Connection` lists `token` (case-insensitive).
@@ -195,6 +321,61 @@ mod tests {
         append_forwarded_for(&mut h, &HeaderValue::from_static("10.0.0.9"));
         assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+    }
+
+    #[test]
+    fn spellings_fold_like_cgi() {
+        let h = map(&[
+            ("x_jwt_payload", "forged"),
+            ("x-jwt_payload", "forged"),
+            ("x-jwt-payload", "forged"),
+            ("x_forwarded_proto", "https"),
+            ("x-real_ip", "1.2.3.4"),
+            ("x_http_method_override", "DELETE"),
+            ("x-app", "1"),
+        ]);
+        let scan = scan(&h);
+        assert!(scan.override_header && scan.forwarding && scan.underscore);
+        let mut h2 = h.clone();
+        h2.remove("x_http_method_override");
+        remove_spellings_of(&mut h2, &HeaderName::from_static("x-jwt-payload"));
+        remove_forwarding(&mut h2);
+        let mut left: Vec<_> = h2.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["x-app", "x-jwt-payload"]);
+        assert_eq!(
+            super::scan(&map(&[
+                ("accept", "*/*"),
+                ("x-app", "1"),
+                ("forwardedx", "1")
+            ])),
+            Scan::default()
+        );
+    }
+
+    #[test]
+    fn websocket_handshake_and_accept() {
+        let req = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        let get = http::Method::GET;
+        let key = websocket_key(&get, http::Version::HTTP_11, &req).unwrap();
+        assert!(websocket_key(&http::Method::POST, http::Version::HTTP_11, &req).is_none());
+        assert!(websocket_key(&get, http::Version::HTTP_10, &req).is_none());
+        let mut h2c = req.clone();
+        h2c.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(websocket_key(&get, http::Version::HTTP_11, &h2c).is_none());
+        // RFC 6455 §1.3's example.
+        let ok = map(&[
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ]);
+        assert!(websocket_accepted(&ok, &key));
+        let wrong = map(&[("upgrade", "websocket"), ("sec-websocket-accept", "x")]);
+        assert!(!websocket_accepted(&wrong, &key));
     }
 
     #[test]

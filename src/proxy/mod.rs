@@ -5,6 +5,7 @@
 //! rejection is answered before any upstream I/O and before the request body is read.
 
 pub mod headers;
+pub mod listener;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -20,11 +21,11 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::auth::{Authenticator, LastToken, Reason, Reject, TokenHash};
-use crate::config::Config;
+use crate::auth::{Authenticator, LastToken, Reason, Reject, TokenHash, Verified};
+use crate::config::{Cidr, Config};
 use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
 use crate::revocation::Revocation;
 use upstream::{UpstreamBody, UpstreamError, UpstreamPool};
@@ -79,17 +80,20 @@ impl Body for ForwardBody {
 pub struct Peer {
     pub addr: SocketAddr,
     forwarded_for: HeaderValue,
+    /// The peer is in `server.trusted_proxies`: its forwarding headers are kept.
+    trusted: bool,
     /// The last token this connection presented (skips hashing a repeated token).
     last_token: LastToken,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
+    pub fn new(addr: SocketAddr, trusted_proxies: &[Cidr]) -> Peer {
         let forwarded_for = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Peer {
             addr,
             forwarded_for,
+            trusted: trusted_proxies.iter().any(|c| c.contains(addr.ip())),
             last_token: LastToken::default(),
         }
     }
@@ -99,8 +103,10 @@ impl Peer {
 #[derive(Debug)]
 pub struct Prepared<B> {
     pub request: Request<B>,
-    /// The client side of a validated `Upgrade` handshake.
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// A validated WebSocket handshake: the client's key and its side of the upgrade.
+    websocket: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    /// The verdict the request was admitted on (a tunnel is re-checked against it).
+    verified: Arc<Verified>,
 }
 
 pub struct Proxy {
@@ -112,9 +118,14 @@ pub struct Proxy {
     request_timeout: std::time::Duration,
     claims_header: HeaderName,
     strip_authorization: bool,
+    trusted_proxies: Vec<Cidr>,
     retry_after: HeaderValue,
     metrics: Arc<Metrics>,
 }
+
+/// An open WebSocket tunnel is re-checked this often (time window, key, revocation) and
+/// closed when its credential no longer holds.
+pub const TUNNEL_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Proxy {
     pub fn new(
@@ -140,73 +151,46 @@ impl Proxy {
             request_timeout: config.upstream.request_timeout,
             claims_header: config.forward.claims_header.clone(),
             strip_authorization: config.forward.strip_authorization,
+            trusted_proxies: config.server.trusted_proxies.clone(),
             retry_after: HeaderValue::from(config.jwks.min_refetch_interval.as_secs().clamp(1, 60)),
             metrics,
         }
     }
 
     /// Serves the proxy listener until `stop` fires, then drains in-flight connections
-    /// for at most `drain`.
+    /// for at most `drain_timeout_s` (connection bounds: see [`listener`]).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         config: &Config,
         stop: impl std::future::Future<Output = ()>,
     ) {
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.limits.header_read_timeout)
-            .max_buf_size(config.limits.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(config.limits.max_header_bytes as u32);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (tcp, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    let proxy = self.clone();
-                    let peer = Arc::new(Peer::new(peer));
-                    let svc = hyper::service::service_fn(move |req| {
-                        let proxy = proxy.clone();
-                        let peer = peer.clone();
-                        async move { Ok::<_, Infallible>(proxy.handle(req, &peer).await) }
-                    });
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
-                    let conn = graceful.watch(conn.into_owned());
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                _ = &mut stop => break,
-            }
-        }
-        drop(listener);
-        tracing::info!("proxy listener closed; draining in-flight requests");
-        if tokio::time::timeout(config.server.drain_timeout, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("drain timeout reached; remaining connections are dropped");
-        }
+        listener::serve(
+            "proxy",
+            listener,
+            listener::ConnLimits::proxy(&config.limits),
+            |tcp| async move { Ok(tcp) },
+            move |addr| {
+                let proxy = self.clone();
+                let peer = Arc::new(Peer::new(addr, &proxy.trusted_proxies));
+                hyper::service::service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    let peer = peer.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(req, &peer).await) }
+                })
+            },
+            stop,
+            config.server.drain_timeout,
+        )
+        .await;
     }
 
     /// One request, start to finish.
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> Response<ResponseBody> {
         let start = Instant::now();
         let response = match self.prepare(req, peer).await {
             Ok(prepared) => self.forward(prepared).await,
@@ -218,39 +202,62 @@ impl Proxy {
         response
     }
 
-    /// Everything a request goes through before upstream I/O: the token is authenticated
-    /// and revocation-checked, then the headers are cleaned and the URI pointed upstream.
-    /// A rejection comes back as the finished response (metrics counted, reason logged).
-    /// Generic over the body so the whole decision can be benchmarked without sockets.
+    /// Everything a request goes through before upstream I/O, in order: the request's own
+    /// shape (method, Host, override headers), the token (authenticated, then
+    /// revocation-checked), the upgrade decision, then the headers rewritten and the URI
+    /// pointed upstream. A rejection comes back as the finished response (metrics counted,
+    /// reason logged). Generic over the body so the whole decision can be benchmarked
+    /// without sockets.
     pub async fn prepare<B>(
         &self,
         mut req: Request<B>,
         peer: &Peer,
     ) -> Result<Prepared<B>, Response<ResponseBody>> {
-        let claims = match self.admit(req.headers(), peer).await {
-            Ok(claims) => claims,
+        if req.method() == http::Method::CONNECT {
+            // No tunnel to anywhere, whatever the token (HTTP/2 extended CONNECT included).
+            self.count_rejection(Reject::new(Reason::BadRequest, "CONNECT"), None, peer);
+            let mut resp = json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "CONNECT is not supported",
+            );
+            resp.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            return Err(resp);
+        }
+        let scan = headers::scan(req.headers());
+        if let Err(reject) = check_shape(&req, &scan) {
+            self.count_rejection(reject, None, peer);
+            return Err(self.reject(reject));
+        }
+        let (claims, verified) = match self.admit(req.headers(), peer).await {
+            Ok(admitted) => admitted,
             Err((reject, fingerprint)) => {
-                self.metrics.request(Outcome::Rejected);
-                self.metrics.rejection(reject.reason);
-                tracing::debug!(
-                    reason = reject.reason.label(),
-                    token = fingerprint.as_deref().unwrap_or("-"),
-                    peer = %peer.addr,
-                    "request rejected: {}",
-                    reject.description
-                );
+                self.count_rejection(reject, fingerprint.as_deref(), peer);
                 return Err(self.reject(reject));
             }
         };
 
-        let upgrade = req.version() == http::Version::HTTP_11
-            && req.headers().contains_key(header::UPGRADE)
-            && headers::connection_has(req.headers(), "upgrade");
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // Only a WebSocket handshake keeps its upgrade; any other (h2c, TLS, …) is dropped
+        // with the hop-by-hop headers and the request goes on as a plain one.
+        let websocket = req
+            .headers()
+            .contains_key(header::UPGRADE)
+            .then(|| headers::websocket_key(req.method(), req.version(), req.headers()))
+            .flatten()
+            .map(|key| (key, hyper::upgrade::on(&mut req)));
 
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
-        headers::strip_hop_by_hop(h, upgrade);
+        headers::strip_hop_by_hop(h, websocket.is_some());
+        if scan.underscore {
+            headers::remove_spellings_of(h, &self.claims_header);
+        }
+        if scan.forwarding && !peer.trusted {
+            headers::remove_forwarding(h);
+        }
         // `insert` replaces every client copy of the claims header.
         if h.insert(self.claims_header.clone(), claims).is_some() {
             tracing::debug!(peer = %peer.addr, "client-sent claims header dropped");
@@ -258,20 +265,26 @@ impl Proxy {
         if self.strip_authorization {
             h.remove(header::AUTHORIZATION);
         }
-        if let Some(host) = h.get(header::HOST).cloned() {
-            h.insert(headers::X_FORWARDED_HOST, host);
-        } else if let Some(host) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            h.insert(headers::X_FORWARDED_HOST, host.clone());
-            h.insert(header::HOST, host);
-        } else {
-            h.remove(headers::X_FORWARDED_HOST);
-            h.insert(header::HOST, self.upstream_host.clone());
+        // Host (RFC 9112 §3.2.2, RFC 9113 §8.3.1): an absolute-form target or HTTP/2's
+        // `:authority` decides; else the one `Host` header; else (HTTP/1.0) the upstream's.
+        let host = match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => h.get(header::HOST).cloned(),
+        };
+        match host {
+            Some(host) => {
+                if !peer.trusted || !h.contains_key(headers::X_FORWARDED_HOST) {
+                    h.insert(headers::X_FORWARDED_HOST, host.clone());
+                }
+                h.insert(header::HOST, host);
+            }
+            None => {
+                h.insert(header::HOST, self.upstream_host.clone());
+            }
         }
-        h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if !peer.trusted || !h.contains_key(headers::X_FORWARDED_PROTO) {
+            h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
         headers::append_forwarded_for(h, &peer.forwarded_for);
 
         // Origin form (RFC 9112 §3.2.1): the upstream sees the path and query only.
@@ -285,16 +298,30 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         Ok(Prepared {
             request: Request::from_parts(parts, body),
-            client_upgrade,
+            websocket,
+            verified,
         })
     }
 
-    /// Extracts and authenticates the token; on success returns the claims header value.
+    fn count_rejection(&self, reject: Reject, fingerprint: Option<&str>, peer: &Peer) {
+        self.metrics.request(Outcome::Rejected);
+        self.metrics.rejection(reject.reason);
+        tracing::debug!(
+            reason = reject.reason.label(),
+            token = fingerprint.unwrap_or("-"),
+            peer = %peer.addr,
+            "request rejected: {}",
+            reject.description
+        );
+    }
+
+    /// Extracts and authenticates the token; on success returns the claims header value
+    /// and the verdict.
     async fn admit(
         &self,
         headers: &http::HeaderMap,
         peer: &Peer,
-    ) -> Result<HeaderValue, (Reject, Option<String>)> {
+    ) -> Result<(HeaderValue, Arc<Verified>), (Reject, Option<String>)> {
         let token = bearer(headers).map_err(|r| (r, None))?;
         // For the log line of a rejection only: the hot path never hashes a repeated token.
         let fingerprint = || Some(TokenHash::of(token).fingerprint());
@@ -318,20 +345,36 @@ impl Proxy {
         // valid header value. Copied per request rather than kept in the cache entry: cache
         // memory matters more than ~250 bytes of memcpy.
         let payload = token.split('.').nth(1).unwrap_or_default();
-        HeaderValue::from_str(payload).map_err(|_| {
+        let claims = HeaderValue::from_str(payload).map_err(|_| {
             (
                 Reject::new(Reason::Malformed, "token payload is not a header value"),
                 fingerprint(),
             )
-        })
+        })?;
+        Ok((claims, v))
     }
 
-    async fn forward(&self, prepared: Prepared<Incoming>) -> Response<ResponseBody> {
+    /// A tunnel's credential still holds: the cache-hit rule (time window, key still
+    /// published), then revocation and `on_stale`.
+    fn recheck(&self, v: &Verified) -> Result<(), Reject> {
+        if !self.auth.still_valid(v) {
+            return Err(Reject::new(
+                Reason::Expired,
+                "token expired or its key was withdrawn",
+            ));
+        }
+        if let (Some(rev), Some(fps)) = (&self.revocation, &v.revocation_fps) {
+            rev.check(fps, v.iat)?;
+        }
+        Ok(())
+    }
+
+    async fn forward(self: &Arc<Self>, prepared: Prepared<Incoming>) -> Response<ResponseBody> {
         let Prepared {
             request,
-            client_upgrade,
+            websocket,
+            verified,
         } = prepared;
-        let upgrade = client_upgrade.is_some();
         let upstream_req = request.map(|inner| ForwardBody {
             inner,
             strip: self.claims_header.clone(),
@@ -358,23 +401,64 @@ impl Proxy {
             }
         };
 
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
-        if switching && let Some(client_upgrade) = client_upgrade {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // A switch the client did not ask for as a WebSocket handshake, or one that does
+            // not answer its key, is never tunnelled: the upstream connection is dropped.
+            let Some((key, client_upgrade)) = websocket else {
+                tracing::warn!(
+                    "upstream switched protocols without a WebSocket handshake; refused"
+                );
+                return self.upstream_failed(UpstreamErrorKind::Other);
+            };
+            if !headers::websocket_accepted(resp.headers(), &key) {
+                tracing::warn!("upstream 101 does not complete the WebSocket handshake; refused");
+                return self.upstream_failed(UpstreamErrorKind::Other);
+            }
+            headers::strip_hop_by_hop(resp.headers_mut(), true);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                }
-            });
+            tokio::spawn(
+                self.clone()
+                    .tunnel(client_upgrade, upstream_upgrade, verified),
+            );
+        } else {
+            headers::strip_hop_by_hop(resp.headers_mut(), false);
         }
         self.metrics.request(Outcome::Forwarded);
         resp.map(Either::Left)
+    }
+
+    /// Copies both ways until either side closes, re-checking the credential every
+    /// [`TUNNEL_RECHECK`]: no tunnel outlives its token.
+    async fn tunnel(
+        self: Arc<Self>,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        verified: Arc<Verified>,
+    ) {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        let start = tokio::time::Instant::now() + TUNNEL_RECHECK;
+        let mut every = tokio::time::interval_at(start, TUNNEL_RECHECK);
+        loop {
+            tokio::select! {
+                _ = &mut copy => return,
+                _ = every.tick() => {
+                    if let Err(reject) = self.recheck(&verified) {
+                        tracing::info!(reason = reject.reason.label(), "tunnel closed: {}", reject.description);
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     fn upstream_failed(&self, kind: UpstreamErrorKind) -> Response<ResponseBody> {
@@ -412,6 +496,30 @@ impl Proxy {
         }
         resp
     }
+}
+
+/// The request's own shape, before any token is read (DESIGN §6): 400 `bad_request` for a
+/// method that is not upper-case, two `Host` headers, or a method/URL override header.
+fn check_shape<B>(req: &Request<B>, scan: &headers::Scan) -> Result<(), Reject> {
+    if req
+        .method()
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return Err(Reject::new(Reason::BadRequest, "method must be upper-case"));
+    }
+    if scan.override_header {
+        return Err(Reject::new(
+            Reason::BadRequest,
+            "method and URL override headers are not accepted",
+        ));
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(Reject::new(Reason::BadRequest, "more than one Host header"));
+    }
+    Ok(())
 }
 
 fn json_response(status: StatusCode, error: &str, description: &str) -> Response<ResponseBody> {

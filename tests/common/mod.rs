@@ -286,6 +286,8 @@ pub struct Options {
     pub issuer_extra: String,
     /// Extra TOML appended after everything (sections).
     pub extra: String,
+    /// Extra TOML lines inside `[server]`.
+    pub server_extra: String,
     pub upstream_url: Option<String>,
     pub clock: Option<Arc<dyn Clock>>,
     pub wait_ready: bool,
@@ -301,6 +303,7 @@ impl Default for Options {
         Options {
             issuer_extra: String::new(),
             extra: String::new(),
+            server_extra: String::new(),
             upstream_url: None,
             clock: None,
             wait_ready: true,
@@ -330,6 +333,7 @@ impl Harness {
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 shutdown_delay_s = {shutdown_delay}
+{server_extra}
 [upstream]
 url = "{upstream}"
 request_timeout_ms = 2000
@@ -356,6 +360,7 @@ min_refetch_interval_s = 2
                 format!("jwks_uri = \"{}\"", keys.jwks_uri())
             },
             extra = opts.extra,
+            server_extra = opts.server_extra,
             shutdown_delay = opts.shutdown_delay_s,
         );
         let config =
@@ -655,4 +660,24 @@ impl Harness {
         }
         false
     }
+}
+
+/// Reads one response head (up to the blank line) from a raw connection.
+pub async fn read_head(tcp: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(tcp, &mut byte),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
