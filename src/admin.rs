@@ -18,9 +18,10 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+
+use crate::proxy::listener::ConnLimits;
 
 use crate::jwks::{IssuerKeys, ManualRefresh};
 use crate::metrics::{EventResult, Metrics, RevocationSource};
@@ -74,37 +75,35 @@ pub struct Admin {
     pub revocation: Option<Arc<Revocation>>,
 }
 
+/// Serves the admin listener until `stop` changes (bounded like every listener: see
+/// `proxy::listener`).
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<Admin>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let admin = admin.clone();
-        let svc = hyper::service::service_fn(move |req| {
+    crate::proxy::listener::serve(
+        "admin",
+        listener,
+        ConnLimits::internal(ADMIN_HEAD_TIMEOUT),
+        |tcp| async move { Ok(tcp) },
+        move |_peer| {
             let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.route(req).await) }
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(5))
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
+            hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.route(req).await) }
+            })
+        },
+        async move {
+            let _ = stop.changed().await;
+        },
+        std::time::Duration::from_secs(1),
+    )
+    .await;
 }
+
+/// Request heads on the admin listener (probes, scrapes, pushes) are small and quick.
+const ADMIN_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Admin {
     async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {

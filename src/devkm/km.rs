@@ -119,23 +119,21 @@ impl KeyManager {
         listener: tokio::net::TcpListener,
     ) -> tokio::task::JoinHandle<()> {
         let km = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
+        tokio::spawn(crate::proxy::listener::serve(
+            "devkm",
+            listener,
+            crate::proxy::listener::ConnLimits::internal(std::time::Duration::from_secs(10)),
+            |tcp| async move { Ok(tcp) },
+            move |_peer| {
                 let km = km.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let km = km.clone();
-                        async move { Ok::<_, std::convert::Infallible>(km.route(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        })
+                hyper::service::service_fn(move |req| {
+                    let km = km.clone();
+                    async move { Ok::<_, std::convert::Infallible>(km.route(req).await) }
+                })
+            },
+            std::future::pending(),
+            std::time::Duration::ZERO,
+        ))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

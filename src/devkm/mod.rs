@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -26,23 +25,21 @@ where
     F: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
     let handler = Arc::new(handler);
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
+    tokio::spawn(crate::proxy::listener::serve(
+        "devkm",
+        listener,
+        crate::proxy::listener::ConnLimits::internal(std::time::Duration::from_secs(10)),
+        |tcp| async move { Ok(tcp) },
+        move |_peer| {
             let handler = handler.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let resp = handler(req);
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    })
+            hyper::service::service_fn(move |req| {
+                let resp = handler(req);
+                async move { Ok::<_, Infallible>(resp) }
+            })
+        },
+        std::future::pending(),
+        std::time::Duration::ZERO,
+    ))
 }
 
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {

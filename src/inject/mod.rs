@@ -21,7 +21,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -239,39 +238,22 @@ pub async fn serve(
 
     let defaults = Arc::new(defaults);
     tracing::info!(listen = ?listener.local_addr().ok(), "jwtgate inject serving");
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let acceptor = acceptor.clone();
-        let defaults = defaults.clone();
-        tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let svc = hyper::service::service_fn(move |req| {
+    crate::proxy::listener::serve(
+        "inject",
+        listener,
+        crate::proxy::listener::ConnLimits::internal(Duration::from_secs(10)),
+        move |tcp| acceptor.accept(tcp),
+        move |_peer| {
+            let defaults = defaults.clone();
+            hyper::service::service_fn(move |req| {
                 let defaults = defaults.clone();
                 async move { Ok::<_, Infallible>(route(req, &defaults).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
-        });
-    }
+            })
+        },
+        shutdown,
+        Duration::from_secs(5),
+    )
+    .await;
     reload.abort();
     Ok(())
 }

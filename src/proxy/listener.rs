@@ -2,10 +2,11 @@
 //!
 //! Every connection is bounded (DESIGN §6):
 //! - at most `max_connections` are served at once; more wait in the kernel's accept queue;
-//! - the first bytes (protocol detection, the HTTP/2 preface, a TLS handshake) and every
-//!   request head must arrive within `header_read_timeout` of the first byte that was not
-//!   part of a finished request (so a head trickled a byte at a time, or an HTTP/2 HEADERS
-//!   frame never followed by its CONTINUATION, is cut off);
+//! - the first bytes (protocol detection, the HTTP/2 preface, a TLS handshake) and the
+//!   first request head must arrive within `header_read_timeout` of the connection's start
+//!   (so an HTTP/2 HEADERS frame never followed by its CONTINUATION is cut off); on
+//!   HTTP/1.1 every later head too, counted from its first byte (a head trickled a byte at
+//!   a time is cut off);
 //! - a connection with no request in flight is closed `idle_timeout` after its last
 //!   request ended;
 //! - HTTP/2: `h2_max_concurrent_streams` streams per connection, and a connection whose
@@ -88,6 +89,10 @@ pub struct Activity {
     last_end: AtomicU64,
     /// First byte received since the last request started or ended (`NONE`: none).
     pending_since: AtomicU64,
+    /// The connection speaks HTTP/2. Its clients send frames of their own between
+    /// requests (WINDOW_UPDATE, PING, SETTINGS acks), so after the first request only
+    /// `idle_timeout` applies; a header block left unfinished then lasts that long at most.
+    h2: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -98,6 +103,7 @@ impl Activity {
             last_end: AtomicU64::new(0),
             // The connection's first bytes are pending from the start.
             pending_since: AtomicU64::new(0),
+            h2: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -106,7 +112,7 @@ impl Activity {
     }
 
     fn bytes_read(&self) {
-        if self.pending_since.load(Ordering::Relaxed) == NONE {
+        if self.pending_since.load(Ordering::Relaxed) == NONE && !self.h2.load(Ordering::Relaxed) {
             let _ = self.pending_since.compare_exchange(
                 NONE,
                 self.now_ms(),
@@ -151,11 +157,14 @@ impl Drop for InFlight {
 }
 
 pin_project_lite::pin_project! {
-    /// The socket, noting when bytes arrive.
+    /// The socket, noting when bytes arrive (and whether they open with the HTTP/2
+    /// preface).
     struct Watched<IO> {
         #[pin]
         io: IO,
         activity: Arc<Activity>,
+        prefix: [u8; 3],
+        prefix_len: usize,
     }
 }
 
@@ -168,7 +177,17 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
         let this = self.project();
         let before = buf.filled().len();
         let polled = this.io.poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            if *this.prefix_len < 3 {
+                let take = new.len().min(3 - *this.prefix_len);
+                this.prefix[*this.prefix_len..*this.prefix_len + take]
+                    .copy_from_slice(&new[..take]);
+                *this.prefix_len += take;
+                if *this.prefix == *b"PRI" {
+                    this.activity.h2.store(true, Ordering::Relaxed);
+                }
+            }
             this.activity.bytes_read();
         }
         polled
@@ -380,6 +399,8 @@ pub async fn serve<H, HF, IO, M, S, B>(
             let io = TokioIo::new(Watched {
                 io,
                 activity: activity.clone(),
+                prefix: [0; 3],
+                prefix_len: 0,
             });
             let conn = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
