@@ -11,6 +11,12 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use jwtgate::revocation::record::Target;
 use jwtgate::revocation::{Facts, Record, RevocationList, snapshot};
 
+const BOUND: jwtgate::revocation::LifetimeBound = jwtgate::revocation::LifetimeBound {
+    max: 86400,
+    since: 0,
+    earlier: None,
+};
+
 /// A list holding `n` jti records (built in batches, as feed pages would arrive).
 fn list_with(n: usize) -> RevocationList {
     let list = RevocationList::new();
@@ -90,7 +96,7 @@ fn snapshots(c: &mut Criterion) {
     let mut g = c.benchmark_group("revocation_snapshot_1M");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     g.bench_function("encode_and_write", |b| {
-        b.iter(|| snapshot::write(&path, &snapshot::encode(&list, Some("cursor"))).unwrap())
+        b.iter(|| snapshot::write(&path, &snapshot::encode(&list, Some("cursor"), &BOUND)).unwrap())
     });
     g.bench_function("restore", |b| {
         b.iter(|| black_box(snapshot::load(&path).unwrap().unwrap().list.len()))

@@ -541,7 +541,7 @@ async fn corrupt_snapshot_is_moved_aside_and_not_ready_until_a_sync() {
         .await;
     assert!(
         h.eventually(5, || async {
-            std::fs::read(&path).is_ok_and(|b| b.starts_with(b"JWTGREV1") && b.len() > 60)
+            std::fs::read(&path).is_ok_and(|b| b.starts_with(b"JWTGREV2") && b.len() > 60)
         })
         .await
     );
@@ -989,4 +989,71 @@ async fn a_signature_revocation_catches_the_ecdsa_twin_token() {
         assert_revoked(&h, &other).await;
         assert_revoked(&h, &other_twin).await;
     }
+}
+
+/// Raising `max_token_lifetime_s` across a restart: a token issued before the raise is
+/// still held to the old bound (rules pruned under it must not come back to life); one
+/// issued after gets the new bound.
+#[tokio::test]
+async fn a_raised_lifetime_bound_still_holds_tokens_issued_before_the_raise() {
+    let dir = TempDir::new();
+    let path = dir.file("revocations.snapshot");
+    let key = DevKey::p256("k");
+    let keys = Arc::new(KeyServer::start(jwks_of(&[(&key, None)])).await);
+    let n = now();
+    let start = |lifetime: u64, at: i64| {
+        let (keys, path) = (keys.clone(), path.clone());
+        async move {
+            Harness::start_with(
+                serde_json::Value::Null,
+                Options {
+                    extra: format!(
+                        "[revocation]\npush_token = \"{PUSH_TOKEN}\"\nmax_token_lifetime_s = {lifetime}\nsnapshot_path = \"{path}\""
+                    ),
+                    clock: Some(Arc::new(ManualClock(at.into()))),
+                    key_server: Some(keys),
+                    ..Options::default()
+                },
+            )
+            .await
+        }
+    };
+    let h = start(3600, n).await;
+    // The snapshot records the bound in force.
+    assert!(
+        h.eventually(5, || async {
+            std::fs::read(&path).is_ok_and(|b| b.starts_with(b"JWTGREV2"))
+        })
+        .await
+    );
+    drop(h);
+
+    let h = start(7200, n + 100).await;
+    let token = |iat: i64, lifetime: i64| {
+        let mut c = h.claims();
+        c["iat"] = iat.into();
+        c["nbf"] = iat.into();
+        c["exp"] = (iat + lifetime).into();
+        key.token(&c)
+    };
+    let before = h.upstream.count();
+    let resp = h.get(&token(n + 50, 5000)).await;
+    assert_eq!(
+        resp.status(),
+        401,
+        "issued before the raise, longer than the old bound"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error_description"],
+        "token lifetime exceeds max_token_lifetime_s"
+    );
+    assert_eq!(h.upstream.count(), before);
+    assert_eq!(h.status(&token(n + 50, 3600)).await, 200);
+    assert_eq!(
+        h.status(&token(n + 100, 5000)).await,
+        200,
+        "issued after the raise"
+    );
+    assert_eq!(h.status(&token(n + 100, 7300)).await, 401);
 }

@@ -138,8 +138,8 @@ pub struct Authenticator {
     by_iss: HashMap<String, usize>,
     cache: Option<moka::sync::Cache<TokenHash, Arc<Verified>, CacheHasher>>,
     max_token_bytes: usize,
-    /// While revocation is on: `max_token_lifetime_s` and `require_jti`.
-    lifetime: Option<(i64, bool)>,
+    /// While revocation is on: `require_jti` (the lifetime bound is the list's).
+    require_jti: Option<bool>,
     /// While revocation is on: the list whose key fingerprints verified tokens.
     revocation: Option<Arc<Revocation>>,
     clock: Arc<dyn Clock>,
@@ -181,10 +181,7 @@ impl Authenticator {
             by_iss,
             cache,
             max_token_bytes: config.limits.max_token_bytes,
-            lifetime: config
-                .revocation
-                .as_ref()
-                .map(|r| (r.max_token_lifetime_s as i64, r.require_jti)),
+            require_jti: config.revocation.as_ref().map(|r| r.require_jti),
             revocation,
             clock,
             metrics,
@@ -347,13 +344,13 @@ impl Authenticator {
                 "token is bound to a key (cnf) and cannot be used as a bearer token",
             ));
         }
-        if let Some((max_lifetime, require_jti)) = self.lifetime {
+        if let (Some(require_jti), Some(rev)) = (self.require_jti, &self.revocation) {
             // Without these bounds, pruning a rule could revive a token it revoked.
             let iat = claims.iat.ok_or(Reject::new(
                 Reason::Lifetime,
                 "token has no iat, so its lifetime cannot be bounded",
             ))?;
-            if exp.saturating_sub(iat.0) > max_lifetime {
+            if !rev.lifetime_bound().allows(iat.0, exp) {
                 return Err(Reject::new(
                     Reason::Lifetime,
                     "token lifetime exceeds max_token_lifetime_s",

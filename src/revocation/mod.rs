@@ -34,8 +34,72 @@ const SNAPSHOT_DEBOUNCE: Duration = Duration::from_millis(200);
 /// How often a failed snapshot write is retried.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
 
+/// The `max_token_lifetime_s` in force, and a lower one still owed to older tokens
+/// (DESIGN §4). Rules are pruned `max + leeway` after they were made, which is safe only
+/// because no token lives longer than the bound. After the bound is raised, a token issued
+/// before the raise is still held to the old bound: rules pruned under it cannot come back
+/// to life. Kept in the snapshot, so a raise across a restart counts too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LifetimeBound {
+    /// `max_token_lifetime_s` in force.
+    pub max: i64,
+    /// Since when (Unix seconds).
+    pub since: i64,
+    /// `(old bound, raised_at)`: tokens issued before `raised_at` may not live longer than
+    /// the old bound.
+    pub earlier: Option<(i64, i64)>,
+}
+
+impl LifetimeBound {
+    /// The bound in force now, given the one stored (if any) and the one configured. A
+    /// raise keeps the lower bound for tokens issued before it (two raises in a row keep
+    /// the lowest, from the latest raise on: stricter, never looser); an earlier bound is
+    /// forgotten once every token it covered has expired.
+    pub fn carry(
+        stored: Option<LifetimeBound>,
+        configured: i64,
+        now: i64,
+        leeway: i64,
+    ) -> LifetimeBound {
+        let Some(s) = stored else {
+            return LifetimeBound {
+                max: configured,
+                since: now,
+                earlier: None,
+            };
+        };
+        let earlier = s
+            .earlier
+            .filter(|(old, raised)| raised.saturating_add(*old).saturating_add(leeway) >= now);
+        if configured > s.max {
+            let old = earlier.map_or(s.max, |(o, _)| o.min(s.max));
+            LifetimeBound {
+                max: configured,
+                since: now,
+                earlier: Some((old, now)),
+            }
+        } else {
+            LifetimeBound {
+                max: configured,
+                since: if configured == s.max { s.since } else { now },
+                earlier: earlier.filter(|(old, _)| *old < configured),
+            }
+        }
+    }
+
+    /// A token issued at `iat` and expiring at `exp` is within the bound.
+    pub fn allows(&self, iat: i64, exp: i64) -> bool {
+        let lifetime = exp.saturating_sub(iat);
+        lifetime <= self.max
+            && self
+                .earlier
+                .is_none_or(|(old, raised)| iat >= raised || lifetime <= old)
+    }
+}
+
 pub struct Revocation {
     list: RevocationList,
+    bound: LifetimeBound,
     cfg: RevocationConfig,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -63,6 +127,7 @@ impl Revocation {
         let now = clock.now();
         let mut ready = cfg.feed.is_none() && cfg.snapshot_path.is_none();
         let mut cursor = None;
+        let mut stored_bound = None;
         let list = match cfg.snapshot_path.as_deref().map(snapshot::load) {
             None => RevocationList::new(),
             Some(Ok(None)) => {
@@ -78,6 +143,7 @@ impl Revocation {
                 );
                 ready = true;
                 cursor = restored.cursor;
+                stored_bound = restored.bound;
                 restored.list
             }
             Some(Err(e)) => {
@@ -93,8 +159,19 @@ impl Revocation {
                 RevocationList::new()
             }
         };
+        let bound =
+            LifetimeBound::carry(stored_bound, cfg.max_token_lifetime_s as i64, now, leeway);
+        if let Some((old, raised_at)) = bound.earlier {
+            tracing::info!(
+                old_max_token_lifetime_s = old,
+                raised_at,
+                "max_token_lifetime_s was raised: tokens issued before the raise keep the old bound"
+            );
+        }
+        let bound_changed = stored_bound != Some(bound);
         let r = Revocation {
             list,
+            bound,
             cfg,
             clock,
             metrics,
@@ -108,6 +185,9 @@ impl Revocation {
             dirty_signal: tokio::sync::Notify::new(),
         };
         r.update_gauges();
+        if bound_changed {
+            r.mark_dirty();
+        }
         if !ready {
             // Until restored or synced, the list is stale: the proxy answers 503 under
             // `on_stale = "reject"`, not only `/readyz`.
@@ -122,6 +202,11 @@ impl Revocation {
 
     pub fn list(&self) -> &RevocationList {
         &self.list
+    }
+
+    /// The token lifetime bound in force (see [`LifetimeBound`]).
+    pub fn lifetime_bound(&self) -> &LifetimeBound {
+        &self.bound
     }
 
     pub fn is_ready(&self) -> bool {
@@ -304,7 +389,7 @@ impl Revocation {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return;
         }
-        let bytes = snapshot::encode(&self.list, self.cursor().as_deref());
+        let bytes = snapshot::encode(&self.list, self.cursor().as_deref(), &self.bound);
         let written = tokio::task::spawn_blocking(move || snapshot::write(&path, &bytes)).await;
         match written {
             Ok(Ok(())) => {}
@@ -371,5 +456,38 @@ impl Revocation {
             .instrument(tracing::info_span!("revocation_prune")),
         ));
         tasks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LifetimeBound;
+
+    #[test]
+    fn a_raised_bound_keeps_the_old_one_for_older_tokens_until_they_expire() {
+        let first = LifetimeBound::carry(None, 3600, 1000, 30);
+        assert_eq!(first.earlier, None);
+        let raised = LifetimeBound::carry(Some(first), 7200, 2000, 30);
+        assert_eq!(raised.earlier, Some((3600, 2000)));
+        assert!(!raised.allows(1999, 1999 + 5000), "issued before the raise");
+        assert!(raised.allows(1999, 1999 + 3600));
+        assert!(raised.allows(2000, 2000 + 7200));
+        assert!(!raised.allows(2000, 2000 + 7201));
+        // A restart soon after keeps it; once everything it covered expired, it goes.
+        assert_eq!(
+            LifetimeBound::carry(Some(raised), 7200, 3000, 30).earlier,
+            Some((3600, 2000))
+        );
+        assert_eq!(
+            LifetimeBound::carry(Some(raised), 7200, 2000 + 3600 + 31, 30).earlier,
+            None
+        );
+        // Raised twice: the lowest bound, from the latest raise.
+        let again = LifetimeBound::carry(Some(raised), 9000, 2500, 30);
+        assert_eq!(again.earlier, Some((3600, 2500)));
+        // Lowered below the earlier bound: the earlier one is moot.
+        let lowered = LifetimeBound::carry(Some(raised), 1800, 2600, 30);
+        assert_eq!(lowered.earlier, None);
+        assert!(!lowered.allows(2600, 2600 + 1801));
     }
 }

@@ -48,11 +48,12 @@ impl Target {
     }
 }
 
+/// The discriminants are the snapshot's rule-kind byte: never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
-    Jti,
-    Subject,
-    Client,
+    Jti = 0,
+    Subject = 1,
+    Client = 2,
 }
 
 impl Kind {

@@ -3,17 +3,23 @@
 //! SHA-256 trailer on restore.
 //!
 //! Layout (little endian):
-//! `"JWTGREV1"` · key0 u64 · key1 u64 · cursor_len u32 · cursor bytes ·
+//! `"JWTGREV2"` · key0 u64 · key1 u64 · max_lifetime i64 · since i64 · earlier_max i64 ·
+//! raised_at i64 (both 0: no earlier bound) · cursor_len u32 · cursor bytes ·
 //! n_ids u64 · n_ids × (fp u64, exp u32) · n_rules u64 · n_rules × (fp u64, revoked_at i64,
 //! kind u8) · SHA-256 of everything before.
+//!
+//! `"JWTGREV1"` files (no lifetime fields) are still read; their bound counts as unknown,
+//! so the configured one is taken as it is.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use super::LifetimeBound;
 use super::list::{RevocationList, RuleValue};
 use super::record::Kind;
 
-const MAGIC: &[u8; 8] = b"JWTGREV1";
+const MAGIC: &[u8; 8] = b"JWTGREV2";
+const MAGIC_V1: &[u8; 8] = b"JWTGREV1";
 const MAX_CURSOR: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +42,11 @@ pub enum SnapshotError {
 pub struct Restored {
     pub list: RevocationList,
     pub cursor: Option<String>,
+    /// The lifetime bound the snapshot was written under (`None`: a version-1 file).
+    pub bound: Option<LifetimeBound>,
 }
 
-pub fn encode(list: &RevocationList, cursor: Option<&str>) -> Vec<u8> {
+pub fn encode(list: &RevocationList, cursor: Option<&str>, bound: &LifetimeBound) -> Vec<u8> {
     let (ids, rules) = list.entries();
     let cursor = cursor.unwrap_or("");
     let cursor = if cursor.len() > MAX_CURSOR {
@@ -51,6 +59,10 @@ pub fn encode(list: &RevocationList, cursor: Option<&str>) -> Vec<u8> {
     let (k0, k1) = list.key();
     out.extend_from_slice(&k0.to_le_bytes());
     out.extend_from_slice(&k1.to_le_bytes());
+    let (earlier_max, raised_at) = bound.earlier.unwrap_or((0, 0));
+    for v in [bound.max, bound.since, earlier_max, raised_at] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
     out.extend_from_slice(&(cursor.len() as u32).to_le_bytes());
     out.extend_from_slice(cursor.as_bytes());
     out.extend_from_slice(&(ids.len() as u64).to_le_bytes());
@@ -95,15 +107,34 @@ impl<'a> Reader<'a> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Restored, &'static str> {
-    if bytes.len() < MAGIC.len() + 32 || &bytes[..8] != MAGIC {
+    if bytes.len() < MAGIC.len() + 32 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
         return Err("bad header");
     }
+    let v2 = &bytes[..8] == MAGIC;
     let (body, digest) = bytes.split_at(bytes.len() - 32);
     if aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body).as_ref() != digest {
         return Err("checksum mismatch");
     }
     let mut r = Reader { buf: &body[8..] };
     let key = (r.u64()?, r.u64()?);
+    let bound = if v2 {
+        let (max, since, earlier_max, raised_at) = (
+            r.u64()? as i64,
+            r.u64()? as i64,
+            r.u64()? as i64,
+            r.u64()? as i64,
+        );
+        if max <= 0 || earlier_max < 0 {
+            return Err("lifetime bound out of range");
+        }
+        Some(LifetimeBound {
+            max,
+            since,
+            earlier: (earlier_max > 0).then_some((earlier_max, raised_at)),
+        })
+    } else {
+        None
+    };
     let cursor_len = r.u32()? as usize;
     if cursor_len > MAX_CURSOR {
         return Err("cursor too long");
@@ -136,6 +167,7 @@ pub fn decode(bytes: &[u8]) -> Result<Restored, &'static str> {
     Ok(Restored {
         list,
         cursor: (!cursor.is_empty()).then(|| cursor.to_owned()),
+        bound,
     })
 }
 
@@ -221,6 +253,12 @@ mod tests {
     use crate::revocation::list::Facts;
     use crate::revocation::record::{Record, Target};
 
+    const BOUND: LifetimeBound = LifetimeBound {
+        max: 3600,
+        since: 1,
+        earlier: None,
+    };
+
     #[test]
     fn round_trip_keeps_every_record_and_the_key() {
         let l = RevocationList::new();
@@ -237,9 +275,15 @@ mod tests {
                 revoked_at: 1000,
             },
         ]);
-        let bytes = encode(&l, Some("c-42"));
+        let bound = LifetimeBound {
+            max: 7200,
+            since: 50,
+            earlier: Some((3600, 60)),
+        };
+        let bytes = encode(&l, Some("c-42"), &bound);
         let r = decode(&bytes).unwrap();
         assert_eq!(r.cursor.as_deref(), Some("c-42"));
+        assert_eq!(r.bound, Some(bound));
         assert_eq!(r.list.key(), l.key());
         assert_eq!(r.list.len(), 2);
         let f = Facts {
@@ -258,6 +302,27 @@ mod tests {
     }
 
     #[test]
+    fn version_1_files_are_still_read_with_an_unknown_bound() {
+        let l = RevocationList::new();
+        l.apply(&[Record::Id {
+            target: Target::Jti,
+            id: "j1".into(),
+            exp: 5000,
+        }]);
+        let v2 = encode(&l, Some("c"), &BOUND);
+        // Version 1: the same without the four lifetime fields, under its own magic.
+        let mut v1 = MAGIC_V1.to_vec();
+        v1.extend_from_slice(&v2[8..24]);
+        v1.extend_from_slice(&v2[56..v2.len() - 32]);
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &v1);
+        v1.extend_from_slice(digest.as_ref());
+        let r = decode(&v1).unwrap();
+        assert_eq!(r.bound, None);
+        assert_eq!(r.cursor.as_deref(), Some("c"));
+        assert_eq!(r.list.len(), 1);
+    }
+
+    #[test]
     fn any_damage_is_detected() {
         let l = RevocationList::new();
         l.apply(&[Record::Id {
@@ -265,7 +330,7 @@ mod tests {
             id: "j1".into(),
             exp: 5000,
         }]);
-        let bytes = encode(&l, None);
+        let bytes = encode(&l, None, &BOUND);
         for i in [0, 9, 30, bytes.len() - 1] {
             let mut b = bytes.clone();
             b[i] ^= 1;
@@ -286,7 +351,7 @@ mod tests {
         // The old fixed temp name, planted as a symlink to another file.
         std::os::unix::fs::symlink(&victim, dir.join("revocations.snapshot.tmp")).unwrap();
         let l = RevocationList::new();
-        write(&path, &encode(&l, None)).unwrap();
+        write(&path, &encode(&l, None, &BOUND)).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert!(decode(&std::fs::read(&path).unwrap()).is_ok());
         let leftovers: Vec<_> = std::fs::read_dir(&dir)
