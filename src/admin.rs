@@ -24,7 +24,8 @@ use tokio::net::TcpListener;
 use crate::proxy::listener::ConnLimits;
 
 use crate::jwks::{IssuerKeys, ManualRefresh};
-use crate::metrics::{EventResult, Metrics, RevocationSource};
+use crate::metrics::Metrics;
+use crate::revocation::{EventResult, RevocationSource};
 use crate::revocation::{Revocation, record};
 
 /// Largest push body (`POST /revocations`).
@@ -37,20 +38,24 @@ pub struct Lifecycle {
     shutting_down: AtomicBool,
     issuers: Vec<Arc<IssuerKeys>>,
     revocation: Option<Arc<Revocation>>,
-    metrics: Arc<Metrics>,
+    /// `jwtgate_ready`: 1 while `/readyz` answers 200.
+    ready: prometheus::IntGauge,
 }
 
 impl Lifecycle {
     pub fn new(
         issuers: Vec<Arc<IssuerKeys>>,
         revocation: Option<Arc<Revocation>>,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
     ) -> Lifecycle {
         Lifecycle {
             shutting_down: AtomicBool::new(false),
             issuers,
             revocation,
-            metrics,
+            ready: metrics.gauge(
+                "jwtgate_ready",
+                "1 while /readyz answers 200: every issuer has keys and no shutdown is under way.",
+            ),
         }
     }
 
@@ -58,13 +63,13 @@ impl Lifecycle {
         let ready = !self.shutting_down.load(Ordering::Acquire)
             && self.issuers.iter().all(|i| i.has_keys())
             && self.revocation.as_ref().is_none_or(|r| r.is_ready());
-        self.metrics.ready.set(i64::from(ready));
+        self.ready.set(i64::from(ready));
         ready
     }
 
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        self.metrics.ready.set(0);
+        self.ready.set(0);
     }
 }
 
@@ -159,8 +164,8 @@ impl Admin {
             );
         };
         if !self.bearer_ok(&req, token) {
-            self.metrics
-                .revocation_event(RevocationSource::Push, EventResult::Unauthorized, 1);
+            rev.metrics()
+                .event(RevocationSource::Push, EventResult::Unauthorized, 1);
             return unauthorized("Bearer realm=\"jwtgate-admin\"");
         }
         let bytes = match read_body(req, MAX_PUSH_BYTES).await {
@@ -170,8 +175,8 @@ impl Admin {
         let body: record::PushBody = match record::parse_body(&bytes) {
             Ok(body) => body,
             Err(e) => {
-                self.metrics
-                    .revocation_event(RevocationSource::Push, EventResult::Rejected, 1);
+                rev.metrics()
+                    .event(RevocationSource::Push, EventResult::Rejected, 1);
                 return bad_request(match e {
                     record::BodyError::NotJson(_) => "body is not JSON",
                     record::BodyError::Shape(_) => "body must be {\"revocations\": [...]}",
@@ -193,8 +198,8 @@ impl Admin {
                 )
             }
             Err(e) => {
-                self.metrics
-                    .revocation_event(RevocationSource::Push, EventResult::Rejected, 1);
+                rev.metrics()
+                    .event(RevocationSource::Push, EventResult::Rejected, 1);
                 bad_request(&format!("{e}; nothing from this body was applied"))
             }
         }
@@ -211,8 +216,8 @@ impl Admin {
             );
         };
         if !basic_ok(&req, &creds.username, creds.password.expose()) {
-            self.metrics
-                .revocation_event(RevocationSource::Notify, EventResult::Unauthorized, 1);
+            rev.metrics()
+                .event(RevocationSource::Notify, EventResult::Unauthorized, 1);
             return unauthorized("Basic realm=\"jwtgate-admin\"");
         }
         let body = match read_json(req, MAX_NOTIFY_BYTES).await {
@@ -229,13 +234,13 @@ impl Admin {
                 json_resp(StatusCode::OK, &json!({"applied": 1}))
             }
             Ok(record::Notify::Ignored) => {
-                self.metrics
-                    .revocation_event(RevocationSource::Notify, EventResult::Ignored, 1);
+                rev.metrics()
+                    .event(RevocationSource::Notify, EventResult::Ignored, 1);
                 json_resp(StatusCode::OK, &json!({"applied": 0}))
             }
             Err(e) => {
-                self.metrics
-                    .revocation_event(RevocationSource::Notify, EventResult::Rejected, 1);
+                rev.metrics()
+                    .event(RevocationSource::Notify, EventResult::Rejected, 1);
                 bad_request(&format!("{}; nothing stored", e.message))
             }
         }

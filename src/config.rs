@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::jose::{Algorithm, normalize_typ};
 use http::header::HeaderName;
 use serde::{Deserialize, Serialize};
 
@@ -53,69 +54,6 @@ impl ConfigErrors {
             key: key.into(),
             message: message.into(),
         }])
-    }
-}
-
-/// A JWS algorithm jwtgate can verify. HMAC is deliberately absent: a remote JWKS never
-/// supplies shared secrets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum Algorithm {
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    ES256,
-    ES384,
-    EdDSA,
-}
-
-impl Algorithm {
-    pub const ALL: [Algorithm; 9] = [
-        Algorithm::RS256,
-        Algorithm::RS384,
-        Algorithm::RS512,
-        Algorithm::PS256,
-        Algorithm::PS384,
-        Algorithm::PS512,
-        Algorithm::ES256,
-        Algorithm::ES384,
-        Algorithm::EdDSA,
-    ];
-
-    /// Exact, case-sensitive match on the JOSE name (RFC 7518): `none`, `None`, `HS256`
-    /// and anything else are not algorithms jwtgate verifies.
-    pub fn from_name(name: &str) -> Option<Algorithm> {
-        Algorithm::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::RS256 => "RS256",
-            Algorithm::RS384 => "RS384",
-            Algorithm::RS512 => "RS512",
-            Algorithm::PS256 => "PS256",
-            Algorithm::PS384 => "PS384",
-            Algorithm::PS512 => "PS512",
-            Algorithm::ES256 => "ES256",
-            Algorithm::ES384 => "ES384",
-            Algorithm::EdDSA => "EdDSA",
-        }
-    }
-
-    pub fn jsonwebtoken(self) -> jsonwebtoken::Algorithm {
-        match self {
-            Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
-            Algorithm::RS384 => jsonwebtoken::Algorithm::RS384,
-            Algorithm::RS512 => jsonwebtoken::Algorithm::RS512,
-            Algorithm::PS256 => jsonwebtoken::Algorithm::PS256,
-            Algorithm::PS384 => jsonwebtoken::Algorithm::PS384,
-            Algorithm::PS512 => jsonwebtoken::Algorithm::PS512,
-            Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
-            Algorithm::ES384 => jsonwebtoken::Algorithm::ES384,
-            Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
-        }
     }
 }
 
@@ -371,15 +309,6 @@ fn ser_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Erro
 }
 fn ser_display<T: fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
-}
-
-/// Normalise a media type as RFC 9068 §4 compares `typ`.
-pub fn normalize_typ(typ: &str) -> String {
-    let lower = typ.to_ascii_lowercase();
-    match lower.strip_prefix("application/") {
-        Some(rest) => rest.to_owned(),
-        None => lower,
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1199,7 +1128,7 @@ fn validate_forward(raw: RawForward, p: &mut Problems) -> ForwardConfig {
         .claims_header
         .unwrap_or_else(|| "x-jwt-payload".to_owned());
     let claims_header = match HeaderName::from_bytes(name.as_bytes()) {
-        Ok(h) if !crate::proxy::headers::is_reserved(&h) => h,
+        Ok(h) if !crate::hop::is_reserved(&h) => h,
         Ok(_) => {
             p.push(
                 "forward.claims_header",

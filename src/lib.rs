@@ -1,24 +1,51 @@
 //! jwtgate: a reverse-proxy sidecar that validates every bearer JWT itself and forwards
 //! only valid requests.
 //!
-//! Flow of one request: accept → extract token → verified-token cache hit? (else: key for
-//! iss+kid → signature → claims → cache) → forward with the body streamed → response.
-//! Rejections are answered before any upstream I/O. The key manager is contacted only in the
-//! background (JWKS refresh), except by a token with an unknown `kid`, which waits for one
-//! shared, rate-limited refetch.
+//! The phases of one request, in the order `proxy::Proxy::prepare` runs them (a test
+//! holds this list and the code together):
 //!
-//! `App::bind(config)` binds both listeners (so tests learn the ports), `App::run(shutdown)`
-//! serves until `shutdown` resolves, then runs the shutdown sequence: not ready at once,
-//! serve for `shutdown_delay`, close the listener, drain for at most `drain_timeout`.
+//! <!-- phases -->
+//! 1. `shape` — the request's own form: `CONNECT` 405; a method not upper-case, two
+//!    `Host`s, a method/URL override header 400;
+//! 2. `extract` — the bearer token from `Authorization`;
+//! 3. `verify` — the connection's last verdict, else the shared cache, else a full
+//!    verification (`auth`: size, structure, header, issuer, key, signature, claims); a
+//!    token seen for the first time then passes token policy (`cnf`, lifetime, `jti`) and
+//!    gets its revocation fingerprints before the verdict is kept;
+//! 4. `revocation` — the list, on every request, and `on_stale`;
+//! 5. `identity` — the claims header value;
+//! 6. `rewrite` — the upgrade decision, header hygiene, forwarding headers, `Host`, the
+//!    origin-form URI;
+//! <!-- /phases -->
+//!
+//! then `forward` (the body streamed both ways). Every rejection is answered before any
+//! upstream I/O. The key manager is contacted only in the background (JWKS refresh,
+//! revocation sync), except by a token with an unknown `kid`, which waits for one shared,
+//! rate-limited refetch.
+//!
+//! Start-up: [`App::build`] constructs everything and returns every start error before any
+//! port is bound; [`App::bind`] binds both listeners (so tests learn the ports);
+//! [`Listening::run`] spawns the background work and serves until `shutdown` resolves, then
+//! runs the shutdown sequence: not ready at once, serve for `shutdown_delay`, close the
+//! listener, drain for at most `drain_timeout`.
+//!
+//! Modules depend one way: the leaves (`reject`, `clock`, `jose`, `hashing`, `hop`) ←
+//! `config` ← `metrics`, `jwks`, `revocation` ← `auth` ← `proxy` ← `admin` ← `lib`
+//! (`.ci/module_cycles.py` checks there is no cycle).
 
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod devkm;
+pub mod hashing;
+pub mod hop;
 pub mod inject;
+pub mod jose;
 pub mod jwks;
 pub mod metrics;
 pub mod proxy;
+pub mod reject;
 pub mod revocation;
 
 use std::net::SocketAddr;
@@ -27,10 +54,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::auth::{Authenticator, Clock, Reason, SystemClock};
+use crate::auth::Authenticator;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::jwks::IssuerKeys;
 use crate::metrics::Metrics;
+use crate::reject::Reason;
 use crate::revocation::Revocation;
 
 /// Why the app could not start (after the config itself was valid).
@@ -44,156 +73,169 @@ pub enum StartError {
     },
     #[error("issuer setup: {0}")]
     Issuer(String),
+    #[error("revocation.feed_url: {0}")]
+    Feed(String),
 }
 
+/// Everything the process runs, constructed and checked, nothing bound yet.
 pub struct App {
     config: Arc<Config>,
-    proxy_listener: TcpListener,
-    admin_listener: TcpListener,
-    clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
+    keys: Vec<Arc<IssuerKeys>>,
+    revocation: Option<Arc<Revocation>>,
+    poller: Option<revocation::feed::Poller>,
+    proxy: Arc<proxy::Proxy>,
+    lifecycle: Arc<admin::Lifecycle>,
+    admin: Arc<admin::Admin>,
 }
 
 /// How often the rejection summary is logged at info.
 const REJECTION_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 impl App {
-    /// Binds the proxy and admin listeners. Nothing is served until [`App::run`].
-    pub async fn bind(config: Config) -> Result<App, StartError> {
-        let proxy_listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                key: "server.listen",
-                addr: config.server.listen,
-                source,
-            })?;
-        let admin_listener = TcpListener::bind(config.server.admin_listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                key: "server.admin_listen",
-                addr: config.server.admin_listen,
-                source,
-            })?;
-        Ok(App {
-            config: Arc::new(config),
-            proxy_listener,
-            admin_listener,
-            clock: Arc::new(SystemClock),
-            metrics: Arc::new(Metrics::new()),
-        })
+    /// Builds every component with the system clock; see [`App::build_with_clock`].
+    pub fn build(config: Config) -> Result<App, StartError> {
+        App::build_with_clock(config, Arc::new(SystemClock))
     }
 
-    /// Replaces the clock used for token time checks (tests).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> App {
-        self.clock = clock;
-        self
-    }
-
-    pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy_listener
-            .local_addr()
-            .unwrap_or(self.config.server.listen)
-    }
-
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_listener
-            .local_addr()
-            .unwrap_or(self.config.server.admin_listen)
-    }
-
-    /// Serves until `shutdown` resolves, then shuts down in order (see the module docs).
-    pub async fn run(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<(), StartError> {
-        let App {
-            config,
-            proxy_listener,
-            admin_listener,
-            clock,
-            metrics,
-        } = self;
-
-        let (listen, admin) = (proxy_listener.local_addr(), admin_listener.local_addr());
-        tracing::info!(?listen, ?admin, "jwtgate serving");
+    /// Builds every component and returns every start error before any port is bound:
+    /// key sets (CA files, discovery), the revocation list (the snapshot is restored here,
+    /// before the first request can be served) and its feed client, the authenticator,
+    /// the proxy and the admin endpoints. `clock` drives every time rule (tests set it).
+    pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<App, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let jwks_metrics = jwks::JwksMetrics::register(&metrics);
         let keys = config
             .issuers
             .iter()
             .map(|i| {
-                IssuerKeys::new(i, &config.jwks, metrics.issuer(&i.name))
+                IssuerKeys::new(i, &config.jwks, jwks_metrics.issuer(&i.name))
                     .map(Arc::new)
                     .map_err(StartError::Issuer)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // Revocation: the snapshot is restored here, before the first request is served.
         let revocation = config.revocation.clone().map(|cfg| {
+            // Pruning and records from the future use the largest leeway of any issuer.
             let leeway = config
                 .issuers
                 .iter()
                 .map(|i| i.leeway_s as i64)
                 .max()
                 .unwrap_or(0);
-            Arc::new(Revocation::open(
-                cfg,
-                clock.clone(),
-                metrics.clone(),
-                leeway,
-            ))
+            Arc::new(Revocation::open(cfg, clock.clone(), &metrics, leeway))
         });
-
-        let (stop_bg, stop_rx) = tokio::sync::watch::channel(false);
-        let mut background: Vec<_> = keys
-            .iter()
-            .map(|k| k.clone().spawn_refresh(stop_rx.clone()))
-            .collect();
-        background.push(tokio::spawn(rejection_summary(
-            metrics.clone(),
-            stop_rx.clone(),
-        )));
-        if let Some(rev) = &revocation {
-            background.extend(rev.spawn_tasks(stop_rx.clone()));
-        }
-
-        let auth = Arc::new(Authenticator::new(
-            &config,
-            &keys,
-            revocation.clone(),
-            clock,
-            metrics.clone(),
-        ));
-        let lifecycle = Arc::new(admin::Lifecycle::new(
-            keys.clone(),
-            revocation.clone(),
-            metrics.clone(),
-        ));
-        let admin = Arc::new(admin::Admin {
-            lifecycle: lifecycle.clone(),
-            metrics: metrics.clone(),
-            issuers: keys.clone(),
-            revocation: revocation.clone(),
-        });
-        let admin_task = tokio::spawn(admin::serve(admin_listener, admin, stop_rx.clone()));
+        let poller = match &revocation {
+            Some(rev) => rev.poller().map_err(StartError::Feed)?,
+            None => None,
+        };
+        let auth = Arc::new(Authenticator::new(&config, &keys, clock, &metrics));
         let proxy = Arc::new(proxy::Proxy::new(
             &config,
             auth,
             revocation.clone(),
-            metrics.clone(),
+            &metrics,
         ));
+        let lifecycle = Arc::new(admin::Lifecycle::new(
+            keys.clone(),
+            revocation.clone(),
+            &metrics,
+        ));
+        let admin = Arc::new(admin::Admin {
+            lifecycle: lifecycle.clone(),
+            metrics,
+            issuers: keys.clone(),
+            revocation: revocation.clone(),
+        });
+        Ok(App {
+            config: Arc::new(config),
+            keys,
+            revocation,
+            poller,
+            proxy,
+            lifecycle,
+            admin,
+        })
+    }
 
-        let delay = config.server.shutdown_delay;
-        let stop_accepting = {
-            let lifecycle = lifecycle.clone();
-            async move {
-                shutdown.await;
-                lifecycle.begin_shutdown();
-                tracing::info!(
-                    delay_s = delay.as_secs(),
-                    "shutdown: not ready; still serving for shutdown_delay_s"
-                );
-                tokio::time::sleep(delay).await;
-            }
+    /// Binds the proxy and admin listeners (so tests learn the ports); nothing is served
+    /// until [`Listening::run`].
+    pub async fn bind(self) -> Result<Listening, StartError> {
+        let bind = |key: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { key, addr, source })
         };
-        proxy.serve(proxy_listener, &config, stop_accepting).await;
+        let proxy_listener = bind("server.listen", self.config.server.listen).await?;
+        let admin_listener = bind("server.admin_listen", self.config.server.admin_listen).await?;
+        Ok(Listening {
+            app: self,
+            proxy_listener,
+            admin_listener,
+        })
+    }
+}
+
+/// The app with its listeners bound.
+pub struct Listening {
+    app: App,
+    proxy_listener: TcpListener,
+    admin_listener: TcpListener,
+}
+
+impl Listening {
+    /// The proxy listener's address (the port the OS chose for `:0`).
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_listener
+            .local_addr()
+            .unwrap_or(self.app.config.server.listen)
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.app.config.server.admin_listen)
+    }
+
+    /// Spawns the background tasks and serves until `shutdown` resolves, then shuts down
+    /// in order: not ready at once, serve for `shutdown_delay`, close the proxy listener,
+    /// drain for at most `drain_timeout`, stop the background tasks and the admin listener.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let Listening {
+            app,
+            proxy_listener,
+            admin_listener,
+        } = self;
+        tracing::info!(listen = ?proxy_listener.local_addr().ok(), admin = ?admin_listener.local_addr().ok(), "jwtgate serving");
+
+        let (stop_bg, stop_rx) = tokio::sync::watch::channel(false);
+        let mut background: Vec<_> = app
+            .keys
+            .iter()
+            .map(|k| k.clone().spawn_refresh(stop_rx.clone()))
+            .collect();
+        background.push(tokio::spawn(rejection_summary(
+            app.proxy.metrics().clone(),
+            stop_rx.clone(),
+        )));
+        if let Some(rev) = &app.revocation {
+            background.extend(rev.spawn_tasks(app.poller, stop_rx.clone()));
+        }
+        let admin_task = tokio::spawn(admin::serve(admin_listener, app.admin, stop_rx));
+
+        let delay = app.config.server.shutdown_delay;
+        let lifecycle = app.lifecycle;
+        let stop_accepting = async move {
+            shutdown.await;
+            lifecycle.begin_shutdown();
+            tracing::info!(
+                delay_s = delay.as_secs(),
+                "shutdown: not ready; still serving for shutdown_delay_s"
+            );
+            tokio::time::sleep(delay).await;
+        };
+        app.proxy
+            .serve(proxy_listener, &app.config, stop_accepting)
+            .await;
 
         let _ = stop_bg.send(true);
         for task in background {
@@ -201,16 +243,18 @@ impl App {
         }
         let _ = admin_task.await;
         tracing::info!("jwtgate stopped");
-        Ok(())
     }
 }
 
 /// Logs, at info and at most every 10 s, how many requests were rejected for each reason:
 /// per-rejection lines are debug only, so a flood of bad tokens cannot flood the logs.
-async fn rejection_summary(metrics: Arc<Metrics>, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn rejection_summary(
+    metrics: Arc<proxy::ProxyMetrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut last: Vec<u64> = Reason::ALL
         .iter()
-        .map(|r| metrics.rejection_count(*r))
+        .map(|r| metrics.rejections.value(*r))
         .collect();
     loop {
         tokio::select! {
@@ -219,7 +263,7 @@ async fn rejection_summary(metrics: Arc<Metrics>, mut stop: tokio::sync::watch::
         }
         let mut summary = String::new();
         for (i, r) in Reason::ALL.iter().enumerate() {
-            let now = metrics.rejection_count(*r);
+            let now = metrics.rejections.value(*r);
             let delta = now.saturating_sub(last[i]);
             last[i] = now;
             if delta > 0 {

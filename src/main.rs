@@ -114,8 +114,11 @@ fn main() -> ExitCode {
                 tracing::warn!("{w}");
             }
             run_with(threads, async move {
-                let app = App::bind(config).await?;
-                app.run(shutdown_signal()).await?;
+                App::build(config)?
+                    .bind()
+                    .await?
+                    .run(shutdown_signal())
+                    .await;
                 Ok(())
             })
         }

@@ -1,392 +1,88 @@
-//! Every metric family in one place. Label values come from closed sets only: outcomes,
-//! rejection reasons, upstream error kinds, fetch results, and the configured issuer names
-//! (never a value read from a token). Children are resolved once at start, so the request
-//! path touches atomics only.
+//! The registry every component registers its own metric families on, and the text
+//! exposition. Families live with the component that counts them (`proxy`, `auth`, `jwks`,
+//! `revocation`, `admin`); this module knows none of them.
+//!
+//! Rules for every family (vector's conventions): names `jwtgate_<name>_<unit>[_total]` in
+//! base units; label values from closed sets only — enums whose labels come from an
+//! exhaustive `match`, or configured names — never a value read from a token or a request.
+//! Children are resolved once at start, so the request path touches atomics only.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
-use crate::auth::Reason;
-use crate::revocation::Kind;
-
-/// Where revocation records come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevocationSource {
-    NativePoll,
-    Wso2Poll,
-    Push,
-    Notify,
-}
-
-impl RevocationSource {
-    const ALL: [RevocationSource; 4] = [
-        RevocationSource::NativePoll,
-        RevocationSource::Wso2Poll,
-        RevocationSource::Push,
-        RevocationSource::Notify,
-    ];
-    fn label(self) -> &'static str {
-        match self {
-            RevocationSource::NativePoll => "native_poll",
-            RevocationSource::Wso2Poll => "wso2_poll",
-            RevocationSource::Push => "push",
-            RevocationSource::Notify => "notify",
-        }
-    }
-}
-
-/// What became of revocation records or events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventResult {
-    Applied,
-    Rejected,
-    Ignored,
-    Unauthorized,
-}
-
-impl EventResult {
-    const ALL: [EventResult; 4] = [
-        EventResult::Applied,
-        EventResult::Rejected,
-        EventResult::Ignored,
-        EventResult::Unauthorized,
-    ];
-    fn label(self) -> &'static str {
-        match self {
-            EventResult::Applied => "applied",
-            EventResult::Rejected => "rejected",
-            EventResult::Ignored => "ignored",
-            EventResult::Unauthorized => "unauthorized",
-        }
-    }
-}
-
-/// What happened to a request on the proxy listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Forwarded,
-    Rejected,
-    UpstreamError,
-}
-
-impl Outcome {
-    const ALL: [Outcome; 3] = [
-        Outcome::Forwarded,
-        Outcome::Rejected,
-        Outcome::UpstreamError,
-    ];
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Forwarded => "forwarded",
-            Outcome::Rejected => "rejected",
-            Outcome::UpstreamError => "upstream_error",
-        }
-    }
-}
-
-/// Why forwarding failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
-    Connect,
-    Timeout,
-    Other,
-}
-
-impl UpstreamErrorKind {
-    const ALL: [UpstreamErrorKind; 3] = [
-        UpstreamErrorKind::Connect,
-        UpstreamErrorKind::Timeout,
-        UpstreamErrorKind::Other,
-    ];
-    fn label(self) -> &'static str {
-        match self {
-            UpstreamErrorKind::Connect => "connect",
-            UpstreamErrorKind::Timeout => "timeout",
-            UpstreamErrorKind::Other => "other",
-        }
-    }
-}
-
-/// Result of one JWKS (or discovery) fetch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchResult {
-    Ok,
-    NotModified,
-    Error,
-}
-
-impl FetchResult {
-    fn label(self) -> &'static str {
-        match self {
-            FetchResult::Ok => "ok",
-            FetchResult::NotModified => "not_modified",
-            FetchResult::Error => "error",
-        }
-    }
-}
-
-/// Per-issuer metric children, resolved at start.
-#[derive(Clone)]
-pub struct IssuerMetrics {
-    pub fetch_ok: IntCounter,
-    pub fetch_not_modified: IntCounter,
-    pub fetch_error: IntCounter,
-    pub keys: IntGauge,
-    pub last_success: IntGauge,
-}
-
-impl IssuerMetrics {
-    pub fn fetch(&self, result: FetchResult) {
-        match result {
-            FetchResult::Ok => self.fetch_ok.inc(),
-            FetchResult::NotModified => self.fetch_not_modified.inc(),
-            FetchResult::Error => self.fetch_error.inc(),
-        }
-    }
-}
-
+/// The process's metric registry: passed down to each component, never global.
+#[derive(Default)]
 pub struct Metrics {
     registry: Registry,
-    requests: [IntCounter; 3],
-    rejections: Vec<IntCounter>,
-    upstream_errors: [IntCounter; 3],
-    pub request_duration: Histogram,
-    pub cache_hits: IntCounter,
-    pub cache_misses: IntCounter,
-    pub ready: IntGauge,
-    fetches: IntCounterVec,
-    keys: IntGaugeVec,
-    last_success: IntGaugeVec,
-    revocations: [IntGauge; 3],
-    revocations_pruned: [IntCounter; 3],
-    /// `[source][ok=0 / error=1]`
-    revocation_syncs: Vec<[IntCounter; 2]>,
-    /// `[source][result]`
-    revocation_events: Vec<Vec<IntCounter>>,
-    pub revocation_last_sync: IntGauge,
-    pub revocation_stale: IntGauge,
 }
 
 impl Metrics {
+    /// An empty registry.
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "jwtgate_requests_total",
-                "Requests on the proxy listener by outcome.",
-            ),
-            &["outcome"],
-        )
-        .expect("static metric definition");
-        let rejections = IntCounterVec::new(
-            Opts::new("jwtgate_rejections_total", "Rejected requests by reason."),
-            &["reason"],
-        )
-        .expect("static metric definition");
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
-                "jwtgate_upstream_errors_total",
-                "Requests that passed validation but could not be forwarded, by kind.",
-            ),
-            &["kind"],
-        )
-        .expect("static metric definition");
-        let request_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "jwtgate_request_duration_seconds",
-                "Time from request head to response head, including the upstream.",
-            )
-            .buckets(vec![
-                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-        )
-        .expect("static metric definition");
-        let cache_hits = IntCounter::new(
-            "jwtgate_token_cache_hits_total",
-            "Tokens served from the verified-token cache.",
-        )
-        .expect("static metric definition");
-        let cache_misses = IntCounter::new(
-            "jwtgate_token_cache_misses_total",
-            "Tokens not in the verified-token cache (verified in full).",
-        )
-        .expect("static metric definition");
-        let ready = IntGauge::new(
-            "jwtgate_ready",
-            "1 while /readyz answers 200: every issuer has keys and no shutdown is under way.",
-        )
-        .expect("static metric definition");
-        let fetches = IntCounterVec::new(
-            Opts::new(
-                "jwtgate_jwks_fetches_total",
-                "JWKS fetches by issuer and result.",
-            ),
-            &["issuer", "result"],
-        )
-        .expect("static metric definition");
-        let keys = IntGaugeVec::new(
-            Opts::new(
-                "jwtgate_jwks_keys",
-                "Usable keys in the issuer's current key set.",
-            ),
-            &["issuer"],
-        )
-        .expect("static metric definition");
-        let last_success = IntGaugeVec::new(
-            Opts::new(
-                "jwtgate_jwks_last_success_timestamp_seconds",
-                "Unix time of the issuer's last successful JWKS fetch (0 = never).",
-            ),
-            &["issuer"],
-        )
-        .expect("static metric definition");
+        Metrics::default()
+    }
 
-        let revocations = IntGaugeVec::new(
-            Opts::new("jwtgate_revocations", "Revocation records held, by kind."),
-            &["kind"],
-        )
-        .expect("static metric definition");
-        let pruned = IntCounterVec::new(
-            Opts::new(
-                "jwtgate_revocations_pruned_total",
-                "Revocation records pruned because nothing they match can still be valid.",
-            ),
-            &["kind"],
-        )
-        .expect("static metric definition");
-        let syncs = IntCounterVec::new(
-            Opts::new(
-                "jwtgate_revocation_syncs_total",
-                "Revocation feed polls by source and result.",
-            ),
-            &["source", "result"],
-        )
-        .expect("static metric definition");
-        let events = IntCounterVec::new(
-            Opts::new(
-                "jwtgate_revocation_events_total",
-                "Revocation records and events received, by source and what became of them.",
-            ),
-            &["source", "result"],
-        )
-        .expect("static metric definition");
-        let revocation_last_sync = IntGauge::new(
-            "jwtgate_revocation_last_sync_timestamp_seconds",
-            "Unix time of the last successful revocation feed poll (0 = never).",
-        )
-        .expect("static metric definition");
-        let revocation_stale = IntGauge::new(
-            "jwtgate_revocation_stale",
-            "1 while every revocation poll source has failed for longer than max_sync_age_s.",
-        )
-        .expect("static metric definition");
+    /// Registers a family. Names are fixed in the code and each family is registered by
+    /// one component once, so a clash is a programming error caught by every test run.
+    fn register<C: Collector + Clone + 'static>(&self, c: C) -> C {
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("metric family names are unique and registered once");
+        c
+    }
 
-        for c in [
-            Box::new(revocations.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(pruned.clone()),
-            Box::new(syncs.clone()),
-            Box::new(events.clone()),
-            Box::new(revocation_last_sync.clone()),
-            Box::new(revocation_stale.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(rejections.clone()),
-            Box::new(upstream_errors.clone()),
-            Box::new(request_duration.clone()),
-            Box::new(cache_hits.clone()),
-            Box::new(cache_misses.clone()),
-            Box::new(ready.clone()),
-            Box::new(fetches.clone()),
-            Box::new(keys.clone()),
-            Box::new(last_success.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
+    /// A counter without labels.
+    pub fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("static metric definition"))
+    }
 
-        Metrics {
-            requests: Outcome::ALL.map(|o| requests.with_label_values(&[o.label()])),
-            rejections: Reason::ALL
+    /// A gauge without labels.
+    pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("static metric definition"))
+    }
+
+    /// A counter family with the given label names.
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition"),
+        )
+    }
+
+    /// A gauge family with the given label names.
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition"),
+        )
+    }
+
+    /// A histogram with the given buckets (seconds).
+    pub fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+        self.register(
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("static metric definition"),
+        )
+    }
+
+    /// A counter family with one label whose values are the variants of `K`, every child
+    /// resolved now (so each shows as 0 before it first counts).
+    pub fn labeled<K: Copy + PartialEq>(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        all: &[K],
+        label_of: fn(K) -> &'static str,
+    ) -> Labeled<K> {
+        let family = self.counter_vec(name, help, &[label]);
+        Labeled {
+            children: all
                 .iter()
-                .map(|r| rejections.with_label_values(&[r.label()]))
+                .map(|k| (*k, family.with_label_values(&[label_of(*k)])))
                 .collect(),
-            upstream_errors: UpstreamErrorKind::ALL
-                .map(|k| upstream_errors.with_label_values(&[k.label()])),
-            request_duration,
-            cache_hits,
-            cache_misses,
-            ready,
-            fetches,
-            keys,
-            last_success,
-            revocations: Kind::ALL.map(|k| revocations.with_label_values(&[k.label()])),
-            revocations_pruned: Kind::ALL.map(|k| pruned.with_label_values(&[k.label()])),
-            revocation_syncs: RevocationSource::ALL
-                .iter()
-                .map(|s| ["ok", "error"].map(|r| syncs.with_label_values(&[s.label(), r])))
-                .collect(),
-            revocation_events: RevocationSource::ALL
-                .iter()
-                .map(|s| {
-                    EventResult::ALL
-                        .iter()
-                        .map(|r| events.with_label_values(&[s.label(), r.label()]))
-                        .collect()
-                })
-                .collect(),
-            revocation_last_sync,
-            revocation_stale,
-            registry,
         }
-    }
-
-    /// Children for one configured issuer (its configured name is the label).
-    pub fn issuer(&self, name: &str) -> IssuerMetrics {
-        let fetch = |r: FetchResult| self.fetches.with_label_values(&[name, r.label()]);
-        IssuerMetrics {
-            fetch_ok: fetch(FetchResult::Ok),
-            fetch_not_modified: fetch(FetchResult::NotModified),
-            fetch_error: fetch(FetchResult::Error),
-            keys: self.keys.with_label_values(&[name]),
-            last_success: self.last_success.with_label_values(&[name]),
-        }
-    }
-
-    pub fn request(&self, outcome: Outcome) {
-        self.requests[outcome as usize].inc();
-    }
-
-    pub fn rejection(&self, reason: Reason) {
-        self.rejections[reason.index()].inc();
-    }
-
-    pub fn rejection_count(&self, reason: Reason) -> u64 {
-        self.rejections[reason.index()].get()
-    }
-
-    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
-        self.upstream_errors[kind as usize].inc();
-    }
-
-    pub fn revocation_count(&self, kind: Kind, n: i64) {
-        self.revocations[kind as usize].set(n);
-    }
-
-    pub fn revocation_pruned(&self, kind: Kind, n: u64) {
-        self.revocations_pruned[kind as usize].inc_by(n);
-    }
-
-    pub fn revocation_sync(&self, source: RevocationSource, ok: bool) {
-        self.revocation_syncs[source as usize][usize::from(!ok)].inc();
-    }
-
-    pub fn revocation_event(&self, source: RevocationSource, result: EventResult, n: u64) {
-        self.revocation_events[source as usize][result as usize].inc_by(n);
     }
 
     /// The Prometheus text exposition of every family.
@@ -398,8 +94,74 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
+/// The children of a one-label counter family, by enum value (no index arithmetic: a
+/// reordered enum cannot mislabel a series).
+pub struct Labeled<K> {
+    children: Vec<(K, IntCounter)>,
+}
+
+impl<K: Copy + PartialEq> Labeled<K> {
+    /// The child for `k` (every variant was resolved at registration).
+    pub fn get(&self, k: K) -> Option<&IntCounter> {
+        self.children.iter().find(|(x, _)| *x == k).map(|(_, c)| c)
+    }
+
+    /// Adds `n` to the child for `k`.
+    pub fn inc_by(&self, k: K, n: u64) {
+        if let Some(c) = self.get(k) {
+            c.inc_by(n);
+        }
+    }
+
+    /// Adds one to the child for `k`.
+    pub fn inc(&self, k: K) {
+        self.inc_by(k, 1);
+    }
+
+    /// The current count for `k`.
+    pub fn value(&self, k: K) -> u64 {
+        self.get(k).map_or(0, IntCounter::get)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Color {
+        Red,
+        Blue,
+    }
+
+    fn label(c: Color) -> &'static str {
+        match c {
+            Color::Red => "red",
+            Color::Blue => "blue",
+        }
+    }
+
+    #[test]
+    fn labeled_children_follow_the_enum_not_an_index() {
+        let m = Metrics::new();
+        let l = m.labeled(
+            "jwtgate_test_total",
+            "test",
+            "color",
+            &[Color::Blue, Color::Red],
+            label,
+        );
+        l.inc(Color::Red);
+        l.inc_by(Color::Blue, 3);
+        let text = m.render();
+        assert!(
+            text.contains("jwtgate_test_total{color=\"red\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jwtgate_test_total{color=\"blue\"} 3"),
+            "{text}"
+        );
+        assert_eq!(l.value(Color::Red), 1);
     }
 }

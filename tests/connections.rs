@@ -192,7 +192,7 @@ async fn idle_connections_are_closed_after_idle_timeout_but_busy_ones_are_not() 
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     assert_eq!(send.send_request(req).await.unwrap().status(), 200);
-    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
     assert!(ended.is_ok(), "idle HTTP/2 connection still open");
 
     // A slow upstream: the request is in flight for 1.5 s, twice idle_timeout_ms.

@@ -24,7 +24,7 @@ struct Stack {
     km: Arc<KeyManager>,
 }
 
-async fn gateway(km_addr: std::net::SocketAddr, upstream: &Upstream) -> App {
+async fn gateway(km_addr: std::net::SocketAddr, upstream: &Upstream) -> jwtgate::Listening {
     let text = format!(
         r#"
 [server]
@@ -44,7 +44,9 @@ push_token = "{PUSH_TOKEN}"
 "#,
         upstream.addr
     );
-    App::bind(Config::from_toml_str(&text, &|_| None).unwrap())
+    App::build(Config::from_toml_str(&text, &|_| None).unwrap())
+        .unwrap()
+        .bind()
         .await
         .unwrap()
 }

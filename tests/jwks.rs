@@ -258,7 +258,7 @@ algorithms = ["EdDSA"]
         upstream.addr, keys.addr
     );
     let config = jwtgate::config::Config::from_toml_str(&text, &|_| None).unwrap();
-    let app = jwtgate::App::bind(config).await.unwrap();
+    let app = jwtgate::App::build(config).unwrap().bind().await.unwrap();
     let proxy = app.proxy_addr();
     tokio::spawn(app.run(std::future::pending()));
     let client = reqwest::Client::new();

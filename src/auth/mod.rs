@@ -1,32 +1,33 @@
-//! Token → `Verified` claims, or a `Reject` with one reason.
+//! Token → [`Verified`], or a [`Reject`] with one reason. Knows nothing of HTTP, of the
+//! cache's callers or of revocation policy: it takes a token string and a clock.
 //!
-//! Order of checks (cheapest first; nothing after a failure runs):
-//! 1. size;
-//! 2. verified-token cache (SHA-256 of the whole token): a hit is honoured only inside the
-//!    token's `exp`/`nbf` window and while its verifying key is still in the issuer's set;
-//!    a hit skips everything below;
-//! 3. alphabet and segment count — no decoding;
-//! 4. header: `alg` on the allow-list of jwtgate, no `crit` (no extension is understood);
-//! 5. claims parsed once, `iss` picks the issuer (exact match); the issuer's `algorithms`
-//!    and `typ` lists apply;
-//! 6. key by `kid` (an unknown kid waits for one shared, rate-limited refetch), and the
+//! A full verification ([`Authenticator::verify`]), in this order, nothing after a failure
+//! running:
+//! 1. alphabet and segment count — no decoding (the size was checked before hashing);
+//! 2. header: `alg` on jwtgate's list, a `kid` of at most 256 bytes, no `crit`;
+//! 3. claims parsed once; `iss` picks the issuer (exact match); the issuer's `algorithms`
+//!    and `typ` lists apply (`rt+jwt` is a refresh token);
+//! 4. key by `kid` (an unknown kid waits for one shared, rate-limited refetch), and the
 //!    key must fit `alg` (kty, crv, the JWK's own `alg`);
-//! 7. signature (jsonwebtoken, aws-lc-rs backend);
-//! 8. refresh-token markers, `exp` (required), `nbf`, `iat`, `aud` with `leeway_s`.
+//! 5. signature (aws-lc-rs, the key parsed once per fetch);
+//! 6. refresh-token claim, the [`TimeWindow`] (`exp` required, `nbf`), `iat`, `aud`.
 //!
-//! This module knows nothing of HTTP: it takes a token string and a clock.
+//! A verdict is kept ([`Authenticator::keep`]) in the verified-token cache (SHA-256 of the
+//! whole token) and as the connection's last token; either is honoured only while
+//! [`Authenticator::still_valid`] holds: inside the same time window, key still published.
 
-pub mod reject;
 pub mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{Algorithm, Config, IssuerConfig, Profile, normalize_typ};
+pub use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, IssuerConfig};
+use crate::jose::{Algorithm, normalize_typ};
 use crate::jwks::{IssuerKeys, KeyError, KeySet, VerifyKey};
 use crate::metrics::Metrics;
-use crate::revocation::{Facts, Revocation, TokenFingerprints};
-pub use reject::{Reason, Reject};
+pub use crate::reject::{Reason, Reject};
+use crate::revocation::TokenFingerprints;
 
 /// Longest accepted `kid`: key ids are short names or thumbprints (a base64url SHA-256 is
 /// 43 bytes); a longer one is `malformed` before any key lookup.
@@ -34,21 +35,6 @@ pub const MAX_KID_BYTES: usize = 256;
 
 /// At most this many keys are tried for a token without `kid`.
 const MAX_KIDLESS_CANDIDATES: usize = 4;
-
-/// Seconds since the Unix epoch. Injectable so tests of time windows need no sleeps.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> i64 {
-        crate::jwks::unix_now()
-    }
-}
 
 /// What a verified token leaves behind for the rest of the pipeline.
 ///
@@ -58,12 +44,50 @@ pub struct Verified {
     pub issuer: usize,
     /// The key that verified the token (a cache hit counts only while it is published).
     key: Arc<VerifyKey>,
-    pub exp: i64,
-    pub nbf: Option<i64>,
+    /// `exp`/`nbf` with the issuer's leeway: checked again on every later use.
+    pub window: TimeWindow,
     pub iat: Option<i64>,
-    /// Revocation fingerprints of the token, computed once at verification (when
+    /// Revocation fingerprints of the token, computed once when it is first seen (when
     /// revocation is on), so cache hits only probe the tables.
     pub revocation_fps: Option<TokenFingerprints>,
+}
+
+/// A token's validity window: `exp` (required) and `nbf`, with the issuer's `leeway_s`.
+/// One rule for a full verification, a cache hit, a connection's repeat and an open tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub exp: i64,
+    pub nbf: Option<i64>,
+    pub leeway: i64,
+}
+
+impl TimeWindow {
+    /// `expired` once `exp` has passed (by more than the leeway); `not_yet_valid` before
+    /// `nbf` (less the leeway).
+    pub fn check(&self, now: i64) -> Result<(), Reject> {
+        if now - self.leeway >= self.exp {
+            return Err(Reject::new(Reason::Expired, "token expired"));
+        }
+        if let Some(nbf) = self.nbf
+            && nbf > now + self.leeway
+        {
+            return Err(Reject::new(
+                Reason::NotYetValid,
+                "token is not valid yet (nbf)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A token verified just now: the verdict, and what the rest of the pipeline reads from
+/// it the first time it is seen (token policy, revocation fingerprints).
+pub struct Fresh<'t> {
+    pub verified: Verified,
+    pub claims: token::Claims,
+    pub alg: Algorithm,
+    /// The signature segment, still encoded.
+    pub signature: &'t str,
 }
 
 impl std::fmt::Debug for Verified {
@@ -71,7 +95,7 @@ impl std::fmt::Debug for Verified {
         f.debug_struct("Verified")
             .field("issuer", &self.issuer)
             .field("kid", &self.key.kid)
-            .field("exp", &self.exp)
+            .field("exp", &self.window.exp)
             .finish_non_exhaustive()
     }
 }
@@ -91,7 +115,7 @@ impl std::hash::Hash for TokenHash {
     }
 }
 
-type CacheHasher = std::hash::BuildHasherDefault<crate::revocation::IdentityHasher>;
+type CacheHasher = std::hash::BuildHasherDefault<crate::hashing::IdentityHasher>;
 
 impl TokenHash {
     pub fn of(token: &str) -> TokenHash {
@@ -138,21 +162,18 @@ pub struct Authenticator {
     by_iss: HashMap<String, usize>,
     cache: Option<moka::sync::Cache<TokenHash, Arc<Verified>, CacheHasher>>,
     max_token_bytes: usize,
-    /// While revocation is on: `require_jti` (the lifetime bound is the list's).
-    require_jti: Option<bool>,
-    /// While revocation is on: the list whose key fingerprints verified tokens.
-    revocation: Option<Arc<Revocation>>,
     clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
+    /// `jwtgate_token_cache_hits_total` / `_misses_total`.
+    cache_hits: prometheus::IntCounter,
+    cache_misses: prometheus::IntCounter,
 }
 
 impl Authenticator {
     pub fn new(
         config: &Config,
         keys: &[Arc<IssuerKeys>],
-        revocation: Option<Arc<Revocation>>,
         clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
     ) -> Authenticator {
         let issuers: Vec<Issuer> = config
             .issuers
@@ -181,10 +202,15 @@ impl Authenticator {
             by_iss,
             cache,
             max_token_bytes: config.limits.max_token_bytes,
-            require_jti: config.revocation.as_ref().map(|r| r.require_jti),
-            revocation,
             clock,
-            metrics,
+            cache_hits: metrics.counter(
+                "jwtgate_token_cache_hits_total",
+                "Tokens served from the verified-token cache.",
+            ),
+            cache_misses: metrics.counter(
+                "jwtgate_token_cache_misses_total",
+                "Tokens not in the verified-token cache (verified in full).",
+            ),
         }
     }
 
@@ -202,7 +228,7 @@ impl Authenticator {
         if seen.as_str() != token || !self.still_valid(verified) {
             return None;
         }
-        self.metrics.cache_hits.inc();
+        self.cache_hits.inc();
         Some(verified.clone())
     }
 
@@ -223,46 +249,48 @@ impl Authenticator {
         }
     }
 
-    /// Validates one token. Only a token with an unknown `kid` ever awaits (the refetch).
-    pub async fn authenticate(
-        &self,
-        token: &str,
-        hash: &TokenHash,
-    ) -> Result<Arc<Verified>, Reject> {
+    /// The size limit, checked before a token is hashed or decoded.
+    pub fn check_size(&self, token: &str) -> Result<(), Reject> {
         if token.len() > self.max_token_bytes {
             return Err(Reject::new(
                 Reason::TooLarge,
                 "token exceeds the size limit",
             ));
         }
-        // A hit means these exact bytes (same SHA-256) passed every check below before, so
-        // the structure scan is skipped on the hot path.
-        if let Some(cache) = &self.cache {
-            if let Some(hit) = cache.get(hash) {
-                if self.still_valid(&hit) {
-                    self.metrics.cache_hits.inc();
-                    return Ok(hit);
-                }
-                cache.invalidate(hash);
-            }
-            self.metrics.cache_misses.inc();
-        }
-        let seg = token::split(token, self.max_token_bytes)?;
+        Ok(())
+    }
 
+    /// The cached verdict on these exact bytes (same SHA-256), if it still stands (the
+    /// cache-hit rule: time window, key still published); counts a hit or a miss.
+    pub fn cached(&self, hash: &TokenHash) -> Option<Arc<Verified>> {
+        let cache = self.cache.as_ref()?;
+        if let Some(hit) = cache.get(hash) {
+            if self.still_valid(&hit) {
+                self.cache_hits.inc();
+                return Some(hit);
+            }
+            cache.invalidate(hash);
+        }
+        self.cache_misses.inc();
+        None
+    }
+
+    /// Keeps a verdict for later requests: in the shared cache and as the connection's
+    /// last token. Only verdicts that passed every check of the pipeline come here.
+    pub fn keep(&self, token: &str, hash: &TokenHash, verified: &Arc<Verified>, last: &LastToken) {
+        if let Some(cache) = &self.cache {
+            cache.insert(*hash, verified.clone());
+        }
+        self.remember(token, verified, last);
+    }
+
+    /// Verifies one token in full: structure, header, issuer, `typ`, key, signature,
+    /// refresh-token marks, time window, `iat`, audience. Only a token with an unknown
+    /// `kid` ever awaits (the refetch).
+    pub async fn verify<'t>(&self, token: &'t str) -> Result<Fresh<'t>, Reject> {
+        let seg = token::split(token, self.max_token_bytes)?;
         let header = token::header(seg.header)?;
-        let alg = Algorithm::from_name(&header.alg).ok_or(Reject::new(
-            Reason::Algorithm,
-            "token alg is not an accepted signature algorithm",
-        ))?;
-        if header.kid.as_ref().is_some_and(|k| k.len() > MAX_KID_BYTES) {
-            return Err(Reject::new(Reason::Malformed, "token kid is too long"));
-        }
-        if header.crit.is_some() {
-            return Err(Reject::new(
-                Reason::Malformed,
-                "token has a crit header parameter jwtgate does not understand",
-            ));
-        }
+        let alg = header_alg(&header)?;
         let claims = token::claims(seg.payload)?;
         let issuer_idx = claims
             .iss
@@ -270,29 +298,32 @@ impl Authenticator {
             .and_then(|iss| self.by_iss.get(iss).copied())
             .ok_or(Reject::new(Reason::Issuer, "token issuer is not trusted"))?;
         let issuer = &self.issuers[issuer_idx];
-        if !issuer.cfg.algorithms.contains(&alg) {
-            return Err(Reject::new(
-                Reason::Algorithm,
-                "token alg is not allowed for this issuer",
-            ));
-        }
-        if let Some(typ) = &header.typ {
-            let typ = normalize_typ(typ);
-            if typ == "rt+jwt" {
-                return Err(Reject::new(
-                    Reason::RefreshToken,
-                    "refresh tokens are not access tokens",
-                ));
-            }
-            if !issuer.cfg.typ.contains(&typ) {
-                return Err(Reject::new(Reason::Typ, "token typ is not accepted"));
-            }
-        }
-
+        issuer_accepts(&issuer.cfg, alg, header.typ.as_deref())?;
         let key = self
             .verify_signature(issuer, header.kid.as_deref(), alg, &seg)
             .await?;
+        let window = self.check_claims(&issuer.cfg, &claims)?;
+        Ok(Fresh {
+            verified: Verified {
+                issuer: issuer_idx,
+                key,
+                window,
+                iat: claims.iat.map(|d| d.0),
+                revocation_fps: None,
+            },
+            claims,
+            alg,
+            signature: seg.signature,
+        })
+    }
 
+    /// Refresh-token marks, the time window, `iat` and the audience (after the signature:
+    /// nothing from an unverified payload decides anything).
+    fn check_claims(
+        &self,
+        cfg: &IssuerConfig,
+        claims: &token::Claims,
+    ) -> Result<TimeWindow, Reject> {
         if claims.token_type.as_deref() == Some("refresh_token") {
             return Err(Reject::new(
                 Reason::RefreshToken,
@@ -300,22 +331,16 @@ impl Authenticator {
             ));
         }
         let now = self.clock.now();
-        let leeway = issuer.cfg.leeway_s as i64;
-        let exp = claims
-            .exp
-            .ok_or(Reject::new(Reason::Malformed, "token has no exp claim"))?
-            .0;
-        if now - leeway >= exp {
-            return Err(Reject::new(Reason::Expired, "token expired"));
-        }
-        if let Some(nbf) = claims.nbf
-            && nbf.0 > now + leeway
-        {
-            return Err(Reject::new(
-                Reason::NotYetValid,
-                "token is not valid yet (nbf)",
-            ));
-        }
+        let leeway = cfg.leeway_s as i64;
+        let window = TimeWindow {
+            exp: claims
+                .exp
+                .ok_or(Reject::new(Reason::Malformed, "token has no exp claim"))?
+                .0,
+            nbf: claims.nbf.map(|d| d.0),
+            leeway,
+        };
+        window.check(now)?;
         if let Some(iat) = claims.iat
             && iat.0 > now + leeway
         {
@@ -324,90 +349,25 @@ impl Authenticator {
                 "token was issued in the future (iat)",
             ));
         }
-        if !issuer.cfg.skip_audience_check
+        if !cfg.skip_audience_check
             && !claims
                 .aud
                 .as_ref()
-                .is_some_and(|a| a.contains_any(&issuer.cfg.audiences))
+                .is_some_and(|a| a.contains_any(&cfg.audiences))
         {
             return Err(Reject::new(
                 Reason::Audience,
                 "token audience is not accepted",
             ));
         }
-
-        if claims.cnf.is_some_and(|c| c.0 > 0) {
-            // Bound to a DPoP key or a client certificate (RFC 9449 / RFC 8705): jwtgate
-            // does not check the binding, so it must not accept the token as a bearer token.
-            return Err(Reject::new(
-                Reason::BoundToken,
-                "token is bound to a key (cnf) and cannot be used as a bearer token",
-            ));
-        }
-        if let (Some(require_jti), Some(rev)) = (self.require_jti, &self.revocation) {
-            // Without these bounds, pruning a rule could revive a token it revoked.
-            let iat = claims.iat.ok_or(Reject::new(
-                Reason::Lifetime,
-                "token has no iat, so its lifetime cannot be bounded",
-            ))?;
-            if !rev.lifetime_bound().allows(iat.0, exp) {
-                return Err(Reject::new(
-                    Reason::Lifetime,
-                    "token lifetime exceeds max_token_lifetime_s",
-                ));
-            }
-            if require_jti && claims.jti.is_none() {
-                return Err(Reject::new(Reason::MissingJti, "token has no jti"));
-            }
-        }
-
-        let wso2 = issuer.cfg.profile == Profile::Wso2;
-        // WSO2 may revoke a jti-less token by its signature: an ECDSA signature has a twin
-        // encoding that verifies too, and both must be caught (only WSO2 records use it).
-        let twin = match alg {
-            Algorithm::ES256 if wso2 && self.revocation.is_some() => {
-                token::ecdsa_twin(seg.signature, token::EcOrder::P256)
-            }
-            Algorithm::ES384 if wso2 && self.revocation.is_some() => {
-                token::ecdsa_twin(seg.signature, token::EcOrder::P384)
-            }
-            _ => None,
-        };
-        let revocation_fps = self.revocation.as_ref().map(|rev| {
-            rev.list().fingerprints(&Facts {
-                iss: &issuer.cfg.issuer,
-                wso2,
-                jti: claims.jti.as_deref(),
-                sub: claims.sub.as_deref(),
-                client: claims.client_id.as_deref().or(claims.azp.as_deref()),
-                entity_id: claims.entity_id.as_deref(),
-                signature: seg.signature,
-                signature_twin: twin.as_deref(),
-                iat: claims.iat.map(|d| d.0),
-            })
-        });
-        let verified = Arc::new(Verified {
-            issuer: issuer_idx,
-            key,
-            exp,
-            nbf: claims.nbf.map(|d| d.0),
-            iat: claims.iat.map(|d| d.0),
-            revocation_fps,
-        });
-        if let Some(cache) = &self.cache {
-            cache.insert(*hash, verified.clone());
-        }
-        Ok(verified)
+        Ok(window)
     }
 
-    /// A cached verdict still stands: inside the time window, key still published (cache
+    /// A cached verdict still stands: inside its time window, key still published (cache
     /// hits, the per-connection repeat, and open tunnels).
     pub fn still_valid(&self, v: &Verified) -> bool {
         let issuer = &self.issuers[v.issuer];
-        let now = self.clock.now();
-        let leeway = issuer.cfg.leeway_s as i64;
-        now - leeway < v.exp
-            && v.nbf.is_none_or(|nbf| nbf <= now + leeway)
+        v.window.check(self.clock.now()).is_ok()
             && issuer
                 .keys
                 .current()
@@ -445,6 +405,47 @@ impl Authenticator {
             Err(Reject::new(Reason::Signature, "token signature is invalid"))
         }
     }
+}
+
+/// The header's `alg`, on jwtgate's list; a kid within bounds; no `crit`.
+fn header_alg(header: &token::Header) -> Result<Algorithm, Reject> {
+    let alg = Algorithm::from_name(&header.alg).ok_or(Reject::new(
+        Reason::Algorithm,
+        "token alg is not an accepted signature algorithm",
+    ))?;
+    if header.kid.as_ref().is_some_and(|k| k.len() > MAX_KID_BYTES) {
+        return Err(Reject::new(Reason::Malformed, "token kid is too long"));
+    }
+    if header.crit.is_some() {
+        return Err(Reject::new(
+            Reason::Malformed,
+            "token has a crit header parameter jwtgate does not understand",
+        ));
+    }
+    Ok(alg)
+}
+
+/// The issuer's `algorithms` and `typ` lists; `rt+jwt` is a refresh token.
+fn issuer_accepts(cfg: &IssuerConfig, alg: Algorithm, typ: Option<&str>) -> Result<(), Reject> {
+    if !cfg.algorithms.contains(&alg) {
+        return Err(Reject::new(
+            Reason::Algorithm,
+            "token alg is not allowed for this issuer",
+        ));
+    }
+    if let Some(typ) = typ {
+        let typ = normalize_typ(typ);
+        if typ == "rt+jwt" {
+            return Err(Reject::new(
+                Reason::RefreshToken,
+                "refresh tokens are not access tokens",
+            ));
+        }
+        if !cfg.typ.contains(&typ) {
+            return Err(Reject::new(Reason::Typ, "token typ is not accepted"));
+        }
+    }
+    Ok(())
 }
 
 fn verify_kidless(

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-use super::reject::{Reason, Reject};
+use crate::reject::{Reason, Reject};
 
 /// The three segments of a compact JWS, still encoded.
 #[derive(Debug, Clone, Copy)]

@@ -137,7 +137,7 @@ max_token_lifetime_s = 86400
         &|_| None,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let app = App::bind(config).await?;
+    let app = App::build(config)?.bind().await?;
     let proxy = app.proxy_addr();
     let admin = app.admin_addr();
 
@@ -221,7 +221,7 @@ Ctrl-C stops it."#,
         at = grab("AT", "access_token"),
         rt = grab("RT", "refresh_token"),
     );
-    app.run(shutdown).await?;
+    app.run(shutdown).await;
     Ok(())
 }
 

@@ -14,15 +14,97 @@ pub mod keyset;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http::header;
 use tracing::Instrument as _;
 
+use crate::clock::unix_now;
 use crate::config::{IssuerConfig, JwksConfig, KeySource};
-use crate::metrics::{FetchResult, IssuerMetrics};
+use crate::metrics::Metrics;
 pub use keyset::{KeySet, VerifyKey};
+
+/// Result of one JWKS (or discovery) fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchResult {
+    Ok,
+    NotModified,
+    Error,
+}
+
+impl FetchResult {
+    /// The `result` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            FetchResult::Ok => "ok",
+            FetchResult::NotModified => "not_modified",
+            FetchResult::Error => "error",
+        }
+    }
+}
+
+/// The JWKS families, shared by every issuer (label `issuer`: a configured name).
+pub struct JwksMetrics {
+    fetches: prometheus::IntCounterVec,
+    keys: prometheus::IntGaugeVec,
+    last_success: prometheus::IntGaugeVec,
+}
+
+impl JwksMetrics {
+    /// Registers the families.
+    pub fn register(m: &Metrics) -> JwksMetrics {
+        JwksMetrics {
+            fetches: m.counter_vec(
+                "jwtgate_jwks_fetches_total",
+                "JWKS fetches by issuer and result.",
+                &["issuer", "result"],
+            ),
+            keys: m.gauge_vec(
+                "jwtgate_jwks_keys",
+                "Usable keys in the issuer's current key set.",
+                &["issuer"],
+            ),
+            last_success: m.gauge_vec(
+                "jwtgate_jwks_last_success_timestamp_seconds",
+                "Unix time of the issuer's last successful JWKS fetch (0 = never).",
+                &["issuer"],
+            ),
+        }
+    }
+
+    /// The children of one configured issuer.
+    pub fn issuer(&self, name: &str) -> IssuerMetrics {
+        let fetch = |r: FetchResult| self.fetches.with_label_values(&[name, r.label()]);
+        IssuerMetrics {
+            fetch_ok: fetch(FetchResult::Ok),
+            fetch_not_modified: fetch(FetchResult::NotModified),
+            fetch_error: fetch(FetchResult::Error),
+            keys: self.keys.with_label_values(&[name]),
+            last_success: self.last_success.with_label_values(&[name]),
+        }
+    }
+}
+
+/// One issuer's metric children, resolved at start.
+#[derive(Clone)]
+pub struct IssuerMetrics {
+    fetch_ok: prometheus::IntCounter,
+    fetch_not_modified: prometheus::IntCounter,
+    fetch_error: prometheus::IntCounter,
+    keys: prometheus::IntGauge,
+    last_success: prometheus::IntGauge,
+}
+
+impl IssuerMetrics {
+    fn fetch(&self, result: FetchResult) {
+        match result {
+            FetchResult::Ok => self.fetch_ok.inc(),
+            FetchResult::NotModified => self.fetch_not_modified.inc(),
+            FetchResult::Error => self.fetch_error.inc(),
+        }
+    }
+}
 
 /// Longest a request may wait for an unknown-kid refetch.
 const REFETCH_WAIT: Duration = Duration::from_secs(5);
@@ -425,12 +507,6 @@ fn backoff(failures: u32, refresh: Duration) -> Duration {
     let _ = aws_lc_rs::rand::fill(&mut r);
     let jitter = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) * 0.4 + 0.8;
     base.mul_f64(jitter)
-}
-
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

@@ -7,41 +7,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Always connection-specific; never forwarded in either direction. (`Trailer` is not one:
-/// it announces end-to-end trailer fields, and hyper sends only announced trailers.)
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-    // The h2c upgrade's settings (RFC 7540 §3.2.1): connection-specific by definition.
-    HeaderName::from_static("http2-settings"),
-];
-
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Headers a config may not choose as `claims_header`.
-pub fn is_reserved(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-        || [
-            header::HOST,
-            header::TRAILER,
-            header::AUTHORIZATION,
-            header::CONTENT_LENGTH,
-            header::CONTENT_TYPE,
-            header::FORWARDED,
-            X_FORWARDED_FOR,
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-        ]
-        .contains(name)
-}
+use crate::hop::{HOP_BY_HOP, X_FORWARDED_FOR};
+pub use crate::hop::{X_FORWARDED_HOST, X_FORWARDED_PROTO, is_reserved};
 
 /// Headers that would let an upstream framework serve another method or path than the one
 /// jwtgate checked (DESIGN §6): a 400 in any spelling.

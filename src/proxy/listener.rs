@@ -406,9 +406,12 @@ pub async fn serve<H, HF, IO, M, S, B>(
             tokio::pin!(conn);
             let mut closing = false;
             loop {
-                let wake = activity
-                    .deadline(&limits)
-                    .unwrap_or_else(|| Instant::now() + limits.header_read_timeout);
+                // While a request is in flight nothing is due; look again within the
+                // shorter of the two timeouts (no per-request wake-up: an idle deadline
+                // is met at most that much late).
+                let wake = activity.deadline(&limits).unwrap_or_else(|| {
+                    Instant::now() + limits.header_read_timeout.min(limits.idle_timeout)
+                });
                 tokio::select! {
                     done = conn.as_mut() => {
                         if let Err(e) = done {

@@ -1,11 +1,13 @@
 //! The proxy listener and the request pipeline.
 //!
-//! Per request, top to bottom: extract the bearer token → authenticate (cache, keys,
-//! claims) → header hygiene → forward with the body streamed → response hygiene. A
+//! Per request, top to bottom, one function per phase (the list is in `lib.rs`):
+//! [`Proxy::prepare`] runs shape → extract → verify → revocation → identity → rewrite,
+//! then [`Proxy::handle`] forwards with the body streamed and cleans the response. A
 //! rejection is answered before any upstream I/O and before the request body is read.
 
 pub mod headers;
 pub mod listener;
+pub mod metrics;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -24,10 +26,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::auth::{Authenticator, LastToken, Reason, Reject, TokenHash, Verified};
-use crate::config::{Cidr, Config};
-use crate::metrics::{Metrics, Outcome, UpstreamErrorKind};
+use crate::auth::{Authenticator, Fresh, LastToken, TokenHash, Verified, token};
+use crate::config::{Cidr, Config, Profile};
+use crate::jose::Algorithm;
+use crate::metrics::Metrics;
+use crate::reject::{Reason, Reject};
+use crate::revocation::Facts;
 use crate::revocation::Revocation;
+pub use metrics::{Outcome, ProxyMetrics, UpstreamErrorKind};
 use upstream::{UpstreamBody, UpstreamError, UpstreamPool};
 
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
@@ -120,7 +126,7 @@ pub struct Proxy {
     strip_authorization: bool,
     trusted_proxies: Vec<Cidr>,
     retry_after: HeaderValue,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 /// An open WebSocket tunnel is re-checked this often (time window, key, revocation) and
@@ -132,7 +138,7 @@ impl Proxy {
         config: &Config,
         auth: Arc<Authenticator>,
         revocation: Option<Arc<Revocation>>,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
     ) -> Proxy {
         let uri = &config.upstream.url;
         Proxy {
@@ -153,8 +159,13 @@ impl Proxy {
             strip_authorization: config.forward.strip_authorization,
             trusted_proxies: config.server.trusted_proxies.clone(),
             retry_after: HeaderValue::from(config.jwks.min_refetch_interval.as_secs().clamp(1, 60)),
-            metrics,
+            metrics: Arc::new(ProxyMetrics::register(metrics)),
         }
+    }
+
+    /// The request metric families (the rejection summary reads them).
+    pub fn metrics(&self) -> &Arc<ProxyMetrics> {
+        &self.metrics
     }
 
     /// Serves the proxy listener until `stop` fires, then drains in-flight connections
@@ -202,20 +213,43 @@ impl Proxy {
         response
     }
 
-    /// Everything a request goes through before upstream I/O, in order: the request's own
-    /// shape (method, Host, override headers), the token (authenticated, then
-    /// revocation-checked), the upgrade decision, then the headers rewritten and the URI
-    /// pointed upstream. A rejection comes back as the finished response (metrics counted,
-    /// reason logged). Generic over the body so the whole decision can be benchmarked
-    /// without sockets.
+    /// Everything a request goes through before upstream I/O, one phase per step in the
+    /// order `lib.rs` lists them (a test holds the two together). A rejection comes back as
+    /// the finished response (metrics counted, reason logged). Generic over the body so the
+    /// whole decision can be benchmarked without sockets.
     pub async fn prepare<B>(
         &self,
-        mut req: Request<B>,
+        req: Request<B>,
         peer: &Peer,
     ) -> Result<Prepared<B>, Response<ResponseBody>> {
-        if req.method() == http::Method::CONNECT {
-            // No tunnel to anywhere, whatever the token (HTTP/2 extended CONNECT included).
-            self.count_rejection(Reject::new(Reason::BadRequest, "CONNECT"), None, peer);
+        let cx = Pending { req, peer };
+        // phase: shape
+        let scan = self.shape(&cx).map_err(|r| self.refuse(r, &cx))?;
+        // phase: extract
+        let token = bearer(cx.req.headers()).map_err(|r| self.refuse((r, None), &cx))?;
+        // phase: verify (connection repeat, cache, or keys + signature + claims; a token
+        // seen for the first time also passes token policy and gets its fingerprints)
+        let verified = self
+            .verify(token, peer)
+            .await
+            .map_err(|r| self.refuse(r, &cx))?;
+        // phase: revocation
+        self.revocation_check(token, &verified)
+            .map_err(|r| self.refuse(r, &cx))?;
+        // phase: identity
+        let identity = identity(token).map_err(|r| self.refuse(r, &cx))?;
+        // phase: rewrite
+        Ok(self.rewrite(cx, scan, identity, verified))
+    }
+
+    /// Answers a rejection: counted, logged at debug with the token's fingerprint.
+    fn refuse<B>(
+        &self,
+        (reject, fingerprint): (Reject, Option<String>),
+        cx: &Pending<'_, B>,
+    ) -> Response<ResponseBody> {
+        self.count_rejection(reject, fingerprint.as_deref(), cx.peer);
+        if reject.reason == Reason::BadRequest && cx.req.method() == http::Method::CONNECT {
             let mut resp = json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -225,21 +259,145 @@ impl Proxy {
                 header::ALLOW,
                 HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             );
-            return Err(resp);
+            return resp;
+        }
+        self.reject(reject)
+    }
+
+    /// Phase `shape`: the request's own form, before any token is read (DESIGN §6).
+    /// `CONNECT` (HTTP/2 extended CONNECT included) opens no tunnel to anywhere, whatever
+    /// the token; a method that is not upper-case, two `Host` headers or a method/URL
+    /// override header in any spelling is a 400.
+    fn shape<B>(&self, cx: &Pending<'_, B>) -> Result<headers::Scan, (Reject, Option<String>)> {
+        let req = &cx.req;
+        let bad = |d| Err((Reject::new(Reason::BadRequest, d), None));
+        if req.method() == http::Method::CONNECT {
+            return bad("CONNECT is not supported");
+        }
+        if req
+            .method()
+            .as_str()
+            .bytes()
+            .any(|b| b.is_ascii_lowercase())
+        {
+            return bad("method must be upper-case");
         }
         let scan = headers::scan(req.headers());
-        if let Err(reject) = check_shape(&req, &scan) {
-            self.count_rejection(reject, None, peer);
-            return Err(self.reject(reject));
+        if scan.override_header {
+            return bad("method and URL override headers are not accepted");
         }
-        let (claims, verified) = match self.admit(req.headers(), peer).await {
-            Ok(admitted) => admitted,
-            Err((reject, fingerprint)) => {
-                self.count_rejection(reject, fingerprint.as_deref(), peer);
-                return Err(self.reject(reject));
-            }
-        };
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        if hosts.next().is_some() && hosts.next().is_some() {
+            return bad("more than one Host header");
+        }
+        Ok(scan)
+    }
 
+    /// Phase `verify`: the connection's last verdict if it repeats that token, else the
+    /// shared cache, else a full verification — which, the first time a token is seen, is
+    /// followed by token policy and the revocation fingerprints before the verdict is
+    /// kept. A cached verdict always passed all three.
+    async fn verify(
+        &self,
+        token: &str,
+        peer: &Peer,
+    ) -> Result<Arc<Verified>, (Reject, Option<String>)> {
+        if let Some(v) = self.auth.repeat(token, &peer.last_token) {
+            return Ok(v);
+        }
+        self.auth.check_size(token).map_err(|r| (r, None))?;
+        let hash = TokenHash::of(token);
+        if let Some(v) = self.auth.cached(&hash) {
+            self.auth.remember(token, &v, &peer.last_token);
+            return Ok(v);
+        }
+        let refused = |r| (r, Some(hash.fingerprint()));
+        let fresh = self.auth.verify(token).await.map_err(refused)?;
+        self.token_policy(&fresh).map_err(refused)?;
+        let mut verified = fresh.verified;
+        verified.revocation_fps = self.revocation.as_ref().map(|rev| {
+            let issuer = self.auth.issuer(verified.issuer);
+            let wso2 = issuer.profile == Profile::Wso2;
+            let twin = if wso2 {
+                ecdsa_twin_of(fresh.alg, fresh.signature)
+            } else {
+                None
+            };
+            rev.list().fingerprints(&Facts {
+                iss: &issuer.issuer,
+                wso2,
+                jti: fresh.claims.jti.as_deref(),
+                sub: fresh.claims.sub.as_deref(),
+                client: fresh
+                    .claims
+                    .client_id
+                    .as_deref()
+                    .or(fresh.claims.azp.as_deref()),
+                entity_id: fresh.claims.entity_id.as_deref(),
+                signature: fresh.signature,
+                signature_twin: twin.as_deref(),
+                iat: verified.iat,
+            })
+        });
+        let verified = Arc::new(verified);
+        self.auth.keep(token, &hash, &verified, &peer.last_token);
+        Ok(verified)
+    }
+
+    /// Token policy, for a token seen for the first time: a token bound to a key (`cnf`)
+    /// is not a bearer token; while revocation is on, the lifetime must be bounded (`iat`
+    /// present, `exp − iat` within the bound) and a `jti` present if required — without
+    /// these, pruning a rule could revive a token it revoked.
+    fn token_policy(&self, fresh: &Fresh<'_>) -> Result<(), Reject> {
+        if fresh.claims.cnf.is_some_and(|c| c.0 > 0) {
+            // Bound to a DPoP key or a client certificate (RFC 9449 / RFC 8705): jwtgate
+            // does not check the binding, so it must not accept the token as a bearer token.
+            return Err(Reject::new(
+                Reason::BoundToken,
+                "token is bound to a key (cnf) and cannot be used as a bearer token",
+            ));
+        }
+        let Some(rev) = &self.revocation else {
+            return Ok(());
+        };
+        let iat = fresh.verified.iat.ok_or(Reject::new(
+            Reason::Lifetime,
+            "token has no iat, so its lifetime cannot be bounded",
+        ))?;
+        if !rev.lifetime_bound().allows(iat, fresh.verified.window.exp) {
+            return Err(Reject::new(
+                Reason::Lifetime,
+                "token lifetime exceeds max_token_lifetime_s",
+            ));
+        }
+        if rev.config().require_jti && fresh.claims.jti.is_none() {
+            return Err(Reject::new(Reason::MissingJti, "token has no jti"));
+        }
+        Ok(())
+    }
+
+    /// Phase `revocation`: every request, cache hits included (a handful of lock-free
+    /// probes), and `on_stale`.
+    fn revocation_check(&self, token: &str, v: &Verified) -> Result<(), (Reject, Option<String>)> {
+        if let (Some(rev), Some(fps)) = (&self.revocation, &v.revocation_fps) {
+            // The fingerprint is for the log line of a rejection only: the hot path never
+            // hashes a repeated token.
+            rev.check(fps, v.iat)
+                .map_err(|r| (r, Some(TokenHash::of(token).fingerprint())))?;
+        }
+        Ok(())
+    }
+
+    /// Phase `rewrite`: the upgrade decision, header hygiene, jwtgate's own headers, Host
+    /// and the origin-form URI. Nothing here can fail.
+    fn rewrite<B>(
+        &self,
+        cx: Pending<'_, B>,
+        scan: headers::Scan,
+        identity: HeaderValue,
+        verified: Arc<Verified>,
+    ) -> Prepared<B> {
+        let Pending { mut req, peer } = cx;
         // Only a WebSocket handshake keeps its upgrade; any other (h2c, TLS, …) is dropped
         // with the hop-by-hop headers and the request goes on as a plain one.
         let websocket = req
@@ -248,7 +406,6 @@ impl Proxy {
             .then(|| headers::websocket_key(req.method(), req.version(), req.headers()))
             .flatten()
             .map(|key| (key, hyper::upgrade::on(&mut req)));
-
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h, websocket.is_some());
@@ -259,7 +416,7 @@ impl Proxy {
             headers::remove_forwarding(h);
         }
         // `insert` replaces every client copy of the claims header.
-        if h.insert(self.claims_header.clone(), claims).is_some() {
+        if h.insert(self.claims_header.clone(), identity).is_some() {
             tracing::debug!(peer = %peer.addr, "client-sent claims header dropped");
         }
         if self.strip_authorization {
@@ -296,16 +453,16 @@ impl Proxy {
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
         );
         parts.version = http::Version::HTTP_11;
-        Ok(Prepared {
+        Prepared {
             request: Request::from_parts(parts, body),
             websocket,
             verified,
-        })
+        }
     }
 
     fn count_rejection(&self, reject: Reject, fingerprint: Option<&str>, peer: &Peer) {
-        self.metrics.request(Outcome::Rejected);
-        self.metrics.rejection(reject.reason);
+        self.metrics.requests.inc(Outcome::Rejected);
+        self.metrics.rejections.inc(reject.reason);
         tracing::debug!(
             reason = reject.reason.label(),
             token = fingerprint.unwrap_or("-"),
@@ -313,45 +470,6 @@ impl Proxy {
             "request rejected: {}",
             reject.description
         );
-    }
-
-    /// Extracts and authenticates the token; on success returns the claims header value
-    /// and the verdict.
-    async fn admit(
-        &self,
-        headers: &http::HeaderMap,
-        peer: &Peer,
-    ) -> Result<(HeaderValue, Arc<Verified>), (Reject, Option<String>)> {
-        let token = bearer(headers).map_err(|r| (r, None))?;
-        // For the log line of a rejection only: the hot path never hashes a repeated token.
-        let fingerprint = || Some(TokenHash::of(token).fingerprint());
-        let v = match self.auth.repeat(token, &peer.last_token) {
-            Some(v) => v,
-            None => {
-                let hash = TokenHash::of(token);
-                let v = self
-                    .auth
-                    .authenticate(token, &hash)
-                    .await
-                    .map_err(|r| (r, Some(hash.fingerprint())))?;
-                self.auth.remember(token, &v, &peer.last_token);
-                v
-            }
-        };
-        if let (Some(rev), Some(fps)) = (&self.revocation, &v.revocation_fps) {
-            rev.check(fps, v.iat).map_err(|r| (r, fingerprint()))?;
-        }
-        // The token passed the structure check: the payload segment is base64url, always a
-        // valid header value. Copied per request rather than kept in the cache entry: cache
-        // memory matters more than ~250 bytes of memcpy.
-        let payload = token.split('.').nth(1).unwrap_or_default();
-        let claims = HeaderValue::from_str(payload).map_err(|_| {
-            (
-                Reject::new(Reason::Malformed, "token payload is not a header value"),
-                fingerprint(),
-            )
-        })?;
-        Ok((claims, v))
     }
 
     /// A tunnel's credential still holds: the cache-hit rule (time window, key still
@@ -423,7 +541,7 @@ impl Proxy {
         } else {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
         }
-        self.metrics.request(Outcome::Forwarded);
+        self.metrics.requests.inc(Outcome::Forwarded);
         resp.map(Either::Left)
     }
 
@@ -462,8 +580,8 @@ impl Proxy {
     }
 
     fn upstream_failed(&self, kind: UpstreamErrorKind) -> Response<ResponseBody> {
-        self.metrics.request(Outcome::UpstreamError);
-        self.metrics.upstream_error(kind);
+        self.metrics.requests.inc(Outcome::UpstreamError);
+        self.metrics.upstream_errors.inc(kind);
         let (status, error) = match kind {
             UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             _ => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
@@ -498,28 +616,34 @@ impl Proxy {
     }
 }
 
-/// The request's own shape, before any token is read (DESIGN §6): 400 `bad_request` for a
-/// method that is not upper-case, two `Host` headers, or a method/URL override header.
-fn check_shape<B>(req: &Request<B>, scan: &headers::Scan) -> Result<(), Reject> {
-    if req
-        .method()
-        .as_str()
-        .bytes()
-        .any(|b| b.is_ascii_lowercase())
-    {
-        return Err(Reject::new(Reason::BadRequest, "method must be upper-case"));
+/// One request on its way through the phases.
+struct Pending<'p, B> {
+    req: Request<B>,
+    peer: &'p Peer,
+}
+
+/// Phase `identity`: the claims header value, the verified payload as sent. The token
+/// passed the structure check, so the payload segment is base64url and always a valid
+/// header value. Copied per request rather than kept in the cache entry: cache memory
+/// matters more than ~250 bytes of memcpy.
+fn identity(token: &str) -> Result<HeaderValue, (Reject, Option<String>)> {
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    HeaderValue::from_str(payload).map_err(|_| {
+        (
+            Reject::new(Reason::Malformed, "token payload is not a header value"),
+            Some(TokenHash::of(token).fingerprint()),
+        )
+    })
+}
+
+/// WSO2 may revoke a jti-less token by its signature segment. An ECDSA signature has a twin
+/// encoding, `(r, n − s)`, that verifies too: both must be caught.
+fn ecdsa_twin_of(alg: Algorithm, signature: &str) -> Option<String> {
+    match alg {
+        Algorithm::ES256 => token::ecdsa_twin(signature, token::EcOrder::P256),
+        Algorithm::ES384 => token::ecdsa_twin(signature, token::EcOrder::P384),
+        _ => None,
     }
-    if scan.override_header {
-        return Err(Reject::new(
-            Reason::BadRequest,
-            "method and URL override headers are not accepted",
-        ));
-    }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
-        return Err(Reject::new(Reason::BadRequest, "more than one Host header"));
-    }
-    Ok(())
 }
 
 fn json_response(status: StatusCode, error: &str, description: &str) -> Response<ResponseBody> {

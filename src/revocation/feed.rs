@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::Revocation;
 use super::record::{self, BodyError, FeedPage};
+use super::{EventResult, RevocationSource};
 use crate::config::FeedFormat;
-use crate::metrics::{EventResult, RevocationSource};
 
 /// Largest feed body accepted (a full WSO2 list or a native reset can be large).
 const MAX_FEED_BYTES: usize = 256 * 1024 * 1024;
@@ -147,7 +147,7 @@ impl Poller {
         }
         self.rev
             .metrics
-            .revocation_event(source, EventResult::Rejected, errors.len() as u64);
+            .event(source, EventResult::Rejected, errors.len() as u64);
         tracing::warn!(
             skipped = errors.len(),
             first = %errors[0],

@@ -24,24 +24,6 @@ use super::record::{Kind, Record, Target};
 
 const SHARDS: usize = 64;
 
-/// The fingerprints are already uniform: the table uses them as they are.
-#[derive(Default, Clone, Copy)]
-pub struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
 /// A fingerprint kept as two `u32` halves, so an id entry `(Fp, u32 exp)` packs into 12
 /// bytes instead of the 16 an `(u64, u32)` pair takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +43,8 @@ impl std::hash::Hash for Fp {
         state.write_u64(self.get());
     }
 }
+
+use crate::hashing::IdentityHasher;
 
 pub type Table<V> = HashMap<Fp, V, BuildHasherDefault<IdentityHasher>>;
 

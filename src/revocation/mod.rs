@@ -21,11 +21,148 @@ use std::time::Duration;
 
 use tracing::Instrument as _;
 
-use crate::auth::{Clock, Reason, Reject};
+use crate::clock::Clock;
 use crate::config::{OnStale, RevocationConfig};
-use crate::metrics::{EventResult, Metrics, RevocationSource};
-pub use list::{Facts, IdentityHasher, RevocationList, TokenFingerprints};
+use crate::metrics::{Labeled, Metrics};
+use crate::reject::{Reason, Reject};
+pub use list::{Facts, RevocationList, TokenFingerprints};
 pub use record::{Kind, Record};
+
+/// Where revocation records come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationSource {
+    NativePoll,
+    Wso2Poll,
+    Push,
+    Notify,
+}
+
+impl RevocationSource {
+    /// Every source, for registering the metric children.
+    pub const ALL: [RevocationSource; 4] = [
+        RevocationSource::NativePoll,
+        RevocationSource::Wso2Poll,
+        RevocationSource::Push,
+        RevocationSource::Notify,
+    ];
+
+    /// The `source` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RevocationSource::NativePoll => "native_poll",
+            RevocationSource::Wso2Poll => "wso2_poll",
+            RevocationSource::Push => "push",
+            RevocationSource::Notify => "notify",
+        }
+    }
+}
+
+/// What became of revocation records or events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventResult {
+    Applied,
+    Rejected,
+    Ignored,
+    Unauthorized,
+}
+
+impl EventResult {
+    /// Every result, for registering the metric children.
+    pub const ALL: [EventResult; 4] = [
+        EventResult::Applied,
+        EventResult::Rejected,
+        EventResult::Ignored,
+        EventResult::Unauthorized,
+    ];
+
+    /// The `result` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            EventResult::Applied => "applied",
+            EventResult::Rejected => "rejected",
+            EventResult::Ignored => "ignored",
+            EventResult::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// The revocation families (see README "Metrics").
+pub struct RevocationMetrics {
+    held: prometheus::IntGaugeVec,
+    pruned: Labeled<Kind>,
+    syncs: prometheus::IntCounterVec,
+    events: prometheus::IntCounterVec,
+    last_sync: prometheus::IntGauge,
+    stale: prometheus::IntGauge,
+}
+
+impl RevocationMetrics {
+    /// Registers the families, every child at 0.
+    pub fn register(m: &Metrics) -> RevocationMetrics {
+        let held = m.gauge_vec(
+            "jwtgate_revocations",
+            "Revocation records held, by kind.",
+            &["kind"],
+        );
+        for k in Kind::ALL {
+            held.with_label_values(&[k.label()]).set(0);
+        }
+        let syncs = m.counter_vec(
+            "jwtgate_revocation_syncs_total",
+            "Revocation feed polls by source and result.",
+            &["source", "result"],
+        );
+        for s in [RevocationSource::NativePoll, RevocationSource::Wso2Poll] {
+            for result in ["ok", "error"] {
+                syncs.with_label_values(&[s.label(), result]);
+            }
+        }
+        let events = m.counter_vec(
+            "jwtgate_revocation_events_total",
+            "Revocation records and events received, by source and what became of them.",
+            &["source", "result"],
+        );
+        for s in RevocationSource::ALL {
+            for e in EventResult::ALL {
+                events.with_label_values(&[s.label(), e.label()]);
+            }
+        }
+        RevocationMetrics {
+            held,
+            pruned: m.labeled(
+                "jwtgate_revocations_pruned_total",
+                "Revocation records pruned because nothing they match can still be valid.",
+                "kind",
+                &Kind::ALL,
+                Kind::label,
+            ),
+            syncs,
+            events,
+            last_sync: m.gauge(
+                "jwtgate_revocation_last_sync_timestamp_seconds",
+                "Unix time of the last successful revocation feed poll (0 = never).",
+            ),
+            stale: m.gauge(
+                "jwtgate_revocation_stale",
+                "1 while the list is stale: never restored or synced, or every poll source failing for longer than max_sync_age_s.",
+            ),
+        }
+    }
+
+    /// Counts `n` records or events from `source` with `result`.
+    pub fn event(&self, source: RevocationSource, result: EventResult, n: u64) {
+        self.events
+            .with_label_values(&[source.label(), result.label()])
+            .inc_by(n);
+    }
+
+    fn sync(&self, source: RevocationSource, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.syncs
+            .with_label_values(&[source.label(), result])
+            .inc();
+    }
+}
 
 /// How often the cleanup sweep runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
@@ -102,7 +239,7 @@ pub struct Revocation {
     bound: LifetimeBound,
     cfg: RevocationConfig,
     clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
+    metrics: RevocationMetrics,
     /// Largest `leeway_s` of any issuer: pruning waits this much longer.
     leeway: i64,
     cursor: Mutex<Option<String>>,
@@ -121,7 +258,7 @@ impl Revocation {
     pub fn open(
         cfg: RevocationConfig,
         clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
         leeway: i64,
     ) -> Revocation {
         let now = clock.now();
@@ -174,7 +311,7 @@ impl Revocation {
             bound,
             cfg,
             clock,
-            metrics,
+            metrics: RevocationMetrics::register(metrics),
             leeway,
             cursor: Mutex::new(cursor),
             ready: AtomicBool::new(ready),
@@ -194,6 +331,11 @@ impl Revocation {
             r.note_stale(true);
         }
         r
+    }
+
+    /// The revocation metric families (push and notify are counted by `admin`).
+    pub fn metrics(&self) -> &RevocationMetrics {
+        &self.metrics
     }
 
     pub fn config(&self) -> &RevocationConfig {
@@ -288,7 +430,7 @@ impl Revocation {
     pub fn apply(&self, source: RevocationSource, records: &[Record]) -> usize {
         let new = self.list.apply(records);
         self.metrics
-            .revocation_event(source, EventResult::Applied, records.len() as u64);
+            .event(source, EventResult::Applied, records.len() as u64);
         if !self.ready.swap(true, Ordering::AcqRel) {
             self.note_stale(self.is_stale());
         }
@@ -303,21 +445,19 @@ impl Revocation {
     pub fn poll_succeeded(&self, source: RevocationSource) {
         self.last_poll_ok.store(self.clock.now(), Ordering::Release);
         self.ready.store(true, Ordering::Release);
-        self.metrics.revocation_sync(source, true);
-        self.metrics
-            .revocation_last_sync
-            .set(crate::jwks::unix_now());
+        self.metrics.sync(source, true);
+        self.metrics.last_sync.set(crate::clock::unix_now());
         self.note_stale(false);
     }
 
     pub fn poll_failed(&self, source: RevocationSource) {
-        self.metrics.revocation_sync(source, false);
+        self.metrics.sync(source, false);
         self.note_stale(self.is_stale());
     }
 
     fn note_stale(&self, stale: bool) {
         let was = self.stale.swap(stale, Ordering::AcqRel);
-        self.metrics.revocation_stale.set(i64::from(stale));
+        self.metrics.stale.set(i64::from(stale));
         if stale && !was && !self.is_ready() {
             tracing::warn!(
                 on_stale = ?self.cfg.on_stale,
@@ -359,7 +499,10 @@ impl Revocation {
 
     fn update_gauges(&self) {
         for k in Kind::ALL {
-            self.metrics.revocation_count(k, self.list.count(k));
+            self.metrics
+                .held
+                .with_label_values(&[k.label()])
+                .set(self.list.count(k));
         }
     }
 
@@ -372,7 +515,7 @@ impl Revocation {
         );
         if pruned.iter().any(|n| *n > 0) {
             for k in Kind::ALL {
-                self.metrics.revocation_pruned(k, pruned[k as usize]);
+                self.metrics.pruned.inc_by(k, pruned[k as usize]);
             }
             tracing::debug!(?pruned, "revocation records pruned");
             self.mark_dirty();
@@ -404,21 +547,29 @@ impl Revocation {
         }
     }
 
-    /// Background tasks: the poll loop (if a feed is configured), snapshot writer, pruning.
+    /// The feed poller, if a feed is configured (its HTTP client is built here, so a bad
+    /// CA file is a start error, not a silently missing source).
+    pub fn poller(self: &Arc<Self>) -> Result<Option<feed::Poller>, String> {
+        match self.cfg.feed {
+            None => Ok(None),
+            Some(_) => feed::Poller::new(self.clone()).map(Some),
+        }
+    }
+
+    /// Background tasks: the poll loop (given by [`Revocation::poller`]), the snapshot
+    /// writer, pruning.
     pub fn spawn_tasks(
         self: &Arc<Self>,
+        poller: Option<feed::Poller>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
-        if self.cfg.feed.is_some() {
-            match feed::Poller::new(self.clone()) {
-                Ok(poller) => tasks.push(tokio::spawn(
-                    poller
-                        .run(stop.clone())
-                        .instrument(tracing::info_span!("revocation_feed")),
-                )),
-                Err(e) => tracing::error!(error = %e, "revocation feed client could not be built"),
-            }
+        if let Some(poller) = poller {
+            tasks.push(tokio::spawn(
+                poller
+                    .run(stop.clone())
+                    .instrument(tracing::info_span!("revocation_feed")),
+            ));
         }
         let me = self.clone();
         let mut s = stop.clone();

@@ -375,18 +375,21 @@ min_refetch_interval_s = 2
         config: Config,
         opts: Options,
     ) -> Harness {
-        let mut app = App::bind(config).await.unwrap();
-        if let Some(clock) = opts.clock {
-            app = app.with_clock(clock);
-        }
+        let clock = opts
+            .clock
+            .unwrap_or_else(|| Arc::new(jwtgate::clock::SystemClock));
+        let app = App::build_with_clock(config, clock)
+            .unwrap()
+            .bind()
+            .await
+            .unwrap();
         let (proxy, admin) = (app.proxy_addr(), app.admin_addr());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run(async move {
                 let _ = rx.await;
             })
-            .await
-            .unwrap();
+            .await;
         });
         let h = Harness {
             keys,
