@@ -527,3 +527,41 @@ async fn overlong_kid_is_malformed_before_any_key_lookup() {
     assert_rejected(&h, &token, "unknown_kid").await;
     assert!(h.keys.hits() > hits, "a 256-byte kid is looked up");
 }
+
+/// jsonwebtoken (not on jwtgate's verify path, which calls aws-lc directly) as an
+/// independent reference: every token jwtgate forwards verifies under it with the key
+/// from the JWKS, and a signature jwtgate refuses is refused by it too.
+#[tokio::test]
+async fn accepted_tokens_verify_under_an_independent_jose_library() {
+    let k = keys();
+    let h = harness(&k).await;
+    for (key, alg, reference) in [
+        (&k.rsa, Algorithm::RS256, jsonwebtoken::Algorithm::RS256),
+        (&k.rsa, Algorithm::PS256, jsonwebtoken::Algorithm::PS256),
+        (&k.p256, Algorithm::ES256, jsonwebtoken::Algorithm::ES256),
+        (&k.p384, Algorithm::ES384, jsonwebtoken::Algorithm::ES384),
+        (&k.ed, Algorithm::EdDSA, jsonwebtoken::Algorithm::EdDSA),
+    ] {
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.public_jwk(None)).unwrap();
+        let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+        let verifies = |token: &str| {
+            let (signed, sig) = token.rsplit_once('.').unwrap();
+            jsonwebtoken::crypto::verify(sig, signed.as_bytes(), &decoding, reference)
+                .unwrap_or(false)
+        };
+        let token = key.token_with(alg, json!({}), &h.claims());
+        assert_eq!(h.status(&token).await, 200, "{alg:?}");
+        assert!(
+            verifies(&token),
+            "{alg:?}: jwtgate accepted what the reference refuses"
+        );
+        let other = key.token_with(alg, json!({}), &h.claims());
+        let forged = format!(
+            "{}.{}",
+            token.rsplit_once('.').unwrap().0,
+            other.rsplit_once('.').unwrap().1
+        );
+        assert!(!verifies(&forged), "{alg:?}");
+        assert_rejected(&h, &forged, "signature").await;
+    }
+}

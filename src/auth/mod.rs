@@ -468,27 +468,20 @@ fn verify_kidless(
 }
 
 fn verify(key: &VerifyKey, alg: Algorithm, seg: &token::Segments<'_>) -> bool {
-    if let Some(parsed) = key.parsed_for(alg) {
-        // The key parsed once per fetch (see `VerifyKey::parsed`); the signature decoded
-        // into a stack buffer (at most 8192-bit RSA keys: 1024 bytes).
-        use base64::Engine as _;
-        let mut buf = [0u8; 1024];
-        return match base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode_slice(seg.signature, &mut buf)
-        {
-            Ok(n) => parsed
-                .verify_sig(seg.signing_input.as_bytes(), &buf[..n])
-                .is_ok(),
-            Err(_) => false,
-        };
+    // The key parsed once per fetch (see `VerifyKey::parsed`); a key that has no parsed
+    // form for `alg` verifies nothing (`fits` has already refused that pairing).
+    let Some(parsed) = key.parsed_for(alg) else {
+        return false;
+    };
+    // The signature decoded into a stack buffer (at most 8192-bit RSA keys: 1024 bytes).
+    use base64::Engine as _;
+    let mut buf = [0u8; 1024];
+    match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(seg.signature, &mut buf) {
+        Ok(n) => parsed
+            .verify_sig(seg.signing_input.as_bytes(), &buf[..n])
+            .is_ok(),
+        Err(_) => false,
     }
-    jsonwebtoken::crypto::verify(
-        seg.signature,
-        seg.signing_input.as_bytes(),
-        &key.key,
-        alg.jsonwebtoken(),
-    )
-    .unwrap_or(false)
 }
 
 fn key_error(e: KeyError) -> Reject {

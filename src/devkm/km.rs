@@ -328,21 +328,16 @@ impl KeyManager {
             return Err("not a JWT");
         };
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let jwk = self.key.public_jwk(None);
-        let key = jsonwebtoken::DecodingKey::from_rsa_components(
-            jwk["n"].as_str().unwrap_or_default(),
-            jwk["e"].as_str().unwrap_or_default(),
-        )
-        .map_err(|_| "key")?;
-        let signed = format!("{h}.{p}");
-        let valid = jsonwebtoken::crypto::verify(
-            sig,
-            signed.as_bytes(),
-            &key,
-            jsonwebtoken::Algorithm::RS256,
-        )
-        .unwrap_or(false);
-        if !valid {
+        // The key manager's own key, parsed like any JWKS member.
+        let doc = serde_json::json!({ "keys": [self.key.public_jwk(None)] }).to_string();
+        let set = crate::jwks::KeySet::parse(doc.as_bytes()).map_err(|_| "key")?;
+        let key = set.get(&self.key.kid).ok_or("key")?;
+        let parsed = key.parsed_for(crate::jose::Algorithm::RS256).ok_or("key")?;
+        let signature = b64.decode(sig).map_err(|_| "bad signature")?;
+        if parsed
+            .verify_sig(format!("{h}.{p}").as_bytes(), &signature)
+            .is_err()
+        {
             return Err("bad signature");
         }
         let header: Value = b64

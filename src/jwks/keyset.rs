@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 
 use crate::config::Algorithm;
@@ -38,10 +37,8 @@ pub struct VerifyKey {
     pub kind: KeyKind,
     /// The JWK's own `alg`, when it named one jwtgate supports.
     pub alg: Option<Algorithm>,
-    pub key: DecodingKey,
-    /// The public key parsed by aws-lc once per fetch. jsonwebtoken hands aws-lc the raw
-    /// key material and has it re-parse it on every verify; keeping the parsed key saves
-    /// that work on every first-seen token.
+    /// The public key parsed by aws-lc once per fetch, so a first-seen token pays for the
+    /// signature check only, never for parsing the key again.
     pub parsed: Parsed,
 }
 
@@ -216,7 +213,7 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
             Some(Algorithm::from_name(name).ok_or_else(|| format!("unsupported alg {name:?}"))?)
         }
     };
-    let (kind, material, key, parsed) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+    let (kind, material, parsed) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
         ("RSA", _) => {
             let n = b64("n", jwk.n.as_deref())?;
             let e = b64("e", jwk.e.as_deref())?;
@@ -231,9 +228,8 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
             if e_trim.is_empty() || e_trim.len() > 4 {
                 return Err("RSA exponent out of range".into());
             }
-            let key = DecodingKey::from_rsa_raw_components(n_trim, e_trim);
             let parsed = Parsed::Rsa(parse_rsa(n_trim, e_trim)?);
-            (KeyKind::Rsa, [n_trim, e_trim].concat(), key, parsed)
+            (KeyKind::Rsa, [n_trim, e_trim].concat(), parsed)
         }
         ("EC", Some(crv @ ("P-256" | "P-384"))) => {
             let x = b64("x", jwk.x.as_deref())?;
@@ -246,9 +242,6 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
             if x.len() != len || y.len() != len {
                 return Err(format!("{crv} coordinates must be {len} bytes"));
             }
-            let xs = jwk.x.as_deref().unwrap_or_default();
-            let ys = jwk.y.as_deref().unwrap_or_default();
-            let key = DecodingKey::from_ec_components(xs, ys).map_err(|e| e.to_string())?;
             let alg: &'static dyn aws_lc_rs::signature::VerificationAlgorithm =
                 if kind == KeyKind::P256 {
                     &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED
@@ -258,7 +251,7 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
             let point = [&[4u8][..], &x, &y].concat();
             let parsed = ParsedPublicKey::new(alg, &point)
                 .map_err(|_| format!("{crv} point rejected by aws-lc (not on the curve)"))?;
-            (kind, [x, y].concat(), key, Parsed::Single(Box::new(parsed)))
+            (kind, [x, y].concat(), Parsed::Single(Box::new(parsed)))
         }
         ("OKP", Some("Ed25519")) => {
             let x = b64("x", jwk.x.as_deref())?;
@@ -266,11 +259,9 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
                 return Err("Ed25519 key must be 32 bytes".into());
             };
             ed25519_point_is_safe(&point)?;
-            let key = DecodingKey::from_ed_components(jwk.x.as_deref().unwrap_or_default())
-                .map_err(|e| e.to_string())?;
             let parsed = ParsedPublicKey::new(&aws_lc_rs::signature::ED25519, &x)
                 .map_err(|_| "Ed25519 key rejected by aws-lc".to_owned())?;
-            (KeyKind::Ed25519, x, key, Parsed::Single(Box::new(parsed)))
+            (KeyKind::Ed25519, x, Parsed::Single(Box::new(parsed)))
         }
         ("oct", _) => return Err("symmetric (oct) keys are never taken from a JWKS".into()),
         (kty, crv) => return Err(format!("unsupported kty {kty:?} / crv {crv:?}")),
@@ -280,7 +271,6 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
         id: 0,
         kind,
         alg: None,
-        key: DecodingKey::from_secret(&[]),
         parsed: Parsed::None,
     };
     if let Some(a) = alg
@@ -294,7 +284,6 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
         id,
         kind,
         alg,
-        key,
         parsed,
     })
 }

@@ -484,13 +484,15 @@ impl Drop for Harness {
     }
 }
 
+/// The value of one series in a Prometheus text exposition. A series that is not there
+/// fails the test: a renamed metric must not pass every `== 0` assertion.
 pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;
             (name == series).then(|| value.parse().ok())?
         })
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no series {series} in /metrics"))
 }
 
 pub fn rand_u64() -> u64 {
