@@ -820,18 +820,7 @@ fn validate_issuers(raw: Vec<RawIssuer>, p: &mut Problems) -> Vec<IssuerConfig> 
                 "another issuer table has the same `issuer` value",
             );
         }
-        let keys = match (r.jwks_uri, r.discovery_url) {
-            (Some(u), None) => http_url(&k("jwks_uri"), &u, p).map(KeySource::JwksUri),
-            (None, Some(u)) => http_url(&k("discovery_url"), &u, p).map(KeySource::DiscoveryUrl),
-            (Some(_), Some(_)) => {
-                p.push(k("jwks_uri"), "set jwks_uri or discovery_url, not both");
-                None
-            }
-            (None, None) => {
-                p.push(k("jwks_uri"), "required (or discovery_url)");
-                None
-            }
-        };
+        let keys = key_source(&k, r.jwks_uri, r.discovery_url, p);
         let name = match r.name {
             Some(n) => n,
             None => reqwest::Url::parse(&issuer)
@@ -854,66 +843,19 @@ fn validate_issuers(raw: Vec<RawIssuer>, p: &mut Problems) -> Vec<IssuerConfig> 
                 "required unless skip_audience_check = true (WSO2 puts the client id in aud)",
             );
         }
-        let algorithms = match r.algorithms {
-            None => vec![Algorithm::RS256],
-            Some(list) if list.is_empty() => {
-                p.push(k("algorithms"), "must list at least one algorithm");
-                Vec::new()
-            }
-            Some(list) => list
-                .iter()
-                .filter_map(|a| {
-                    let alg = Algorithm::from_name(a);
-                    if alg.is_none() {
-                        p.push(
-                            k("algorithms"),
-                            format!(
-                                "unsupported algorithm {a:?}; allowed: RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
-                            ),
-                        );
-                    }
-                    alg
-                })
-                .collect(),
-        };
+        let algorithms = algorithms(&k("algorithms"), r.algorithms, p);
         let leeway_s = r.leeway_s.unwrap_or(30);
         if leeway_s > 300 {
             p.push(k("leeway_s"), "must be at most 300 seconds");
         }
-        let typ = r
-            .typ
-            .unwrap_or_else(|| vec!["at+jwt".into(), "JWT".into()])
-            .iter()
-            .map(|t| normalize_typ(t))
-            .collect::<Vec<_>>();
-        if typ.iter().any(|t| t == "rt+jwt") {
-            p.push(
-                k("typ"),
-                "rt+jwt is a refresh token type and is always refused",
-            );
-        }
-        let profile = match r.profile.as_deref() {
-            None | Some("generic") => Profile::Generic,
-            Some("wso2") => Profile::Wso2,
-            Some(_) => {
-                p.push(k("profile"), "must be \"generic\" or \"wso2\"");
-                Profile::Generic
-            }
-        };
-        let ca_file = r.ca_file.map(PathBuf::from);
-        if let Some(path) = &ca_file {
-            match std::fs::read(path) {
-                Ok(pem) => {
-                    if reqwest::Certificate::from_pem_bundle(&pem).is_err() {
-                        p.push(
-                            k("ca_file"),
-                            format!("{} holds no PEM certificate", path.display()),
-                        );
-                    }
-                }
-                Err(e) => p.push(k("ca_file"), format!("cannot read {}: {e}", path.display())),
-            }
-        }
+        let typ = typ_list(&k("typ"), r.typ, p);
+        let profile = choice(
+            &k("profile"),
+            r.profile.as_deref(),
+            &[("generic", Profile::Generic), ("wso2", Profile::Wso2)],
+            p,
+        );
+        let ca_file = ca_file(&k("ca_file"), r.ca_file, p);
         if let Some(keys) = keys {
             out.push(IssuerConfig {
                 name,
@@ -930,6 +872,165 @@ fn validate_issuers(raw: Vec<RawIssuer>, p: &mut Problems) -> Vec<IssuerConfig> 
         }
     }
     out
+}
+
+/// The poll source, when `feed_url` is set; the feed keys without it are mistakes.
+fn feed(
+    raw: &RawRevocation,
+    format: FeedFormat,
+    ca_file: Option<PathBuf>,
+    poll_interval_s: u64,
+    p: &mut Problems,
+) -> Option<FeedConfig> {
+    let k = |f: &str| format!("revocation.{f}");
+    match raw.feed_url.clone() {
+        None => {
+            for (set, key) in [
+                (raw.feed_username.is_some(), "feed_username"),
+                (raw.feed_password.is_some(), "feed_password"),
+                (raw.feed_format.is_some(), "feed_format"),
+            ] {
+                if set {
+                    p.push(k(key), "has no effect without revocation.feed_url");
+                }
+            }
+            None
+        }
+        Some(url) => http_url(&k("feed_url"), &url, p).map(|url| {
+            if format == FeedFormat::Wso2
+                && (raw.feed_username.is_none() || raw.feed_password.is_none())
+            {
+                p.push(
+                    k("feed_username"),
+                    "feed_format = \"wso2\" needs feed_username and feed_password (Basic auth)",
+                );
+            }
+            if raw.feed_username.is_some() != raw.feed_password.is_some() {
+                p.push(
+                    k("feed_password"),
+                    "set both feed_username and feed_password, or neither",
+                );
+            }
+            FeedConfig {
+                url,
+                format,
+                username: raw.feed_username.clone(),
+                password: raw.feed_password.clone().map(Secret),
+                ca_file,
+                poll_interval: Duration::from_secs(poll_interval_s),
+            }
+        }),
+    }
+}
+
+/// An optional extra trust root: the file must hold at least one PEM certificate.
+fn ca_file(key: &str, path: Option<String>, p: &mut Problems) -> Option<PathBuf> {
+    let path = PathBuf::from(path?);
+    match std::fs::read(&path) {
+        Ok(pem) if reqwest::Certificate::from_pem_bundle(&pem).is_ok() => {}
+        Ok(_) => p.push(key, format!("{} holds no PEM certificate", path.display())),
+        Err(e) => p.push(key, format!("cannot read {}: {e}", path.display())),
+    }
+    Some(path)
+}
+
+/// One of a closed set of words; the first is the default. A wrong word names the choices.
+fn choice<T: Copy>(key: &str, value: Option<&str>, choices: &[(&str, T)], p: &mut Problems) -> T {
+    let default = choices[0].1;
+    let Some(value) = value else {
+        return default;
+    };
+    match choices.iter().find(|(word, _)| *word == value) {
+        Some((_, v)) => *v,
+        None => {
+            let words: Vec<String> = choices.iter().map(|(w, _)| format!("{w:?}")).collect();
+            p.push(key, format!("must be {}", words.join(" or ")));
+            default
+        }
+    }
+}
+
+/// `jwks_uri` or `discovery_url`, exactly one.
+fn key_source(
+    k: &dyn Fn(&str) -> String,
+    jwks_uri: Option<String>,
+    discovery_url: Option<String>,
+    p: &mut Problems,
+) -> Option<KeySource> {
+    match (jwks_uri, discovery_url) {
+        (Some(u), None) => http_url(&k("jwks_uri"), &u, p).map(KeySource::JwksUri),
+        (None, Some(u)) => http_url(&k("discovery_url"), &u, p).map(KeySource::DiscoveryUrl),
+        (Some(_), Some(_)) => {
+            p.push(k("jwks_uri"), "set jwks_uri or discovery_url, not both");
+            None
+        }
+        (None, None) => {
+            p.push(k("jwks_uri"), "required (or discovery_url)");
+            None
+        }
+    }
+}
+
+/// An issuer's `algorithms` (default `["RS256"]`), every name checked.
+fn algorithms(key: &str, list: Option<Vec<String>>, p: &mut Problems) -> Vec<Algorithm> {
+    let Some(list) = list else {
+        return vec![Algorithm::RS256];
+    };
+    if list.is_empty() {
+        p.push(key, "must list at least one algorithm");
+    }
+    list.iter()
+        .filter_map(|a| {
+            let alg = Algorithm::from_name(a);
+            if alg.is_none() {
+                p.push(
+                    key,
+                    format!(
+                        "unsupported algorithm {a:?}; allowed: RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
+                    ),
+                );
+            }
+            alg
+        })
+        .collect()
+}
+
+/// An issuer's accepted `typ` values (default `at+jwt`, `JWT`), normalised; never `rt+jwt`.
+fn typ_list(key: &str, list: Option<Vec<String>>, p: &mut Problems) -> Vec<String> {
+    let typ: Vec<String> = list
+        .unwrap_or_else(|| vec!["at+jwt".into(), "JWT".into()])
+        .iter()
+        .map(|t| normalize_typ(t))
+        .collect();
+    if typ.iter().any(|t| t == "rt+jwt") {
+        p.push(key, "rt+jwt is a refresh token type and is always refused");
+    }
+    typ
+}
+
+/// WSO2 notify credentials: both (non-empty) or neither.
+fn notify(
+    key: &str,
+    username: Option<String>,
+    password: Option<String>,
+    p: &mut Problems,
+) -> Option<NotifyConfig> {
+    match (username, password) {
+        (Some(username), Some(password)) if !username.is_empty() && !password.is_empty() => {
+            Some(NotifyConfig {
+                username,
+                password: Secret(password),
+            })
+        }
+        (None, None) => None,
+        _ => {
+            p.push(
+                key,
+                "set both notify_username and notify_password (non-empty), or neither",
+            );
+            None
+        }
+    }
 }
 
 fn validate_jwks(raw: RawJwks, p: &mut Problems) -> JwksConfig {
@@ -1011,63 +1112,14 @@ fn validate_revocation(raw: RawRevocation, p: &mut Problems) -> RevocationConfig
     if poll_interval_s == 0 {
         p.push(k("poll_interval_s"), "must be greater than 0");
     }
-    let format = match raw.feed_format.as_deref() {
-        None | Some("jwtgate") => FeedFormat::Jwtgate,
-        Some("wso2") => FeedFormat::Wso2,
-        Some(_) => {
-            p.push(k("feed_format"), "must be \"jwtgate\" or \"wso2\"");
-            FeedFormat::Jwtgate
-        }
-    };
-    let ca_file = raw.ca_file.map(PathBuf::from);
-    if let Some(path) = &ca_file {
-        match std::fs::read(path) {
-            Ok(pem) if reqwest::Certificate::from_pem_bundle(&pem).is_ok() => {}
-            Ok(_) => p.push(
-                k("ca_file"),
-                format!("{} holds no PEM certificate", path.display()),
-            ),
-            Err(e) => p.push(k("ca_file"), format!("cannot read {}: {e}", path.display())),
-        }
-    }
-    let feed = match raw.feed_url {
-        None => {
-            for (set, key) in [
-                (raw.feed_username.is_some(), "feed_username"),
-                (raw.feed_password.is_some(), "feed_password"),
-                (raw.feed_format.is_some(), "feed_format"),
-            ] {
-                if set {
-                    p.push(k(key), "has no effect without revocation.feed_url");
-                }
-            }
-            None
-        }
-        Some(url) => http_url(&k("feed_url"), &url, p).map(|url| {
-            if format == FeedFormat::Wso2
-                && (raw.feed_username.is_none() || raw.feed_password.is_none())
-            {
-                p.push(
-                    k("feed_username"),
-                    "feed_format = \"wso2\" needs feed_username and feed_password (Basic auth)",
-                );
-            }
-            if raw.feed_username.is_some() != raw.feed_password.is_some() {
-                p.push(
-                    k("feed_password"),
-                    "set both feed_username and feed_password, or neither",
-                );
-            }
-            FeedConfig {
-                url,
-                format,
-                username: raw.feed_username.clone(),
-                password: raw.feed_password.clone().map(Secret),
-                ca_file: ca_file.clone(),
-                poll_interval: Duration::from_secs(poll_interval_s),
-            }
-        }),
-    };
+    let format = choice(
+        &k("feed_format"),
+        raw.feed_format.as_deref(),
+        &[("jwtgate", FeedFormat::Jwtgate), ("wso2", FeedFormat::Wso2)],
+        p,
+    );
+    let ca_file = ca_file(&k("ca_file"), raw.ca_file.clone(), p);
+    let feed = feed(&raw, format, ca_file, poll_interval_s, p);
     let push_token = raw.push_token.map(Secret);
     if push_token
         .as_ref()
@@ -1075,22 +1127,12 @@ fn validate_revocation(raw: RawRevocation, p: &mut Problems) -> RevocationConfig
     {
         p.push(k("push_token"), "must be at least 16 characters");
     }
-    let notify = match (raw.notify_username, raw.notify_password) {
-        (Some(username), Some(password)) if !username.is_empty() && !password.is_empty() => {
-            Some(NotifyConfig {
-                username,
-                password: Secret(password),
-            })
-        }
-        (None, None) => None,
-        _ => {
-            p.push(
-                k("notify_password"),
-                "set both notify_username and notify_password (non-empty), or neither",
-            );
-            None
-        }
-    };
+    let notify = notify(
+        &k("notify_password"),
+        raw.notify_username,
+        raw.notify_password,
+        p,
+    );
     let max_token_lifetime_s = raw.max_token_lifetime_s.unwrap_or(86_400);
     if max_token_lifetime_s == 0 {
         p.push(k("max_token_lifetime_s"), "must be greater than 0");
@@ -1102,14 +1144,12 @@ fn validate_revocation(raw: RawRevocation, p: &mut Problems) -> RevocationConfig
             "must be greater than poll_interval_s, or every pause between polls would count as stale",
         );
     }
-    let on_stale = match raw.on_stale.as_deref() {
-        None | Some("reject") => OnStale::Reject,
-        Some("allow") => OnStale::Allow,
-        Some(_) => {
-            p.push(k("on_stale"), "must be \"reject\" or \"allow\"");
-            OnStale::Reject
-        }
-    };
+    let on_stale = choice(
+        &k("on_stale"),
+        raw.on_stale.as_deref(),
+        &[("reject", OnStale::Reject), ("allow", OnStale::Allow)],
+        p,
+    );
     let snapshot_path = raw.snapshot_path.map(PathBuf::from);
     RevocationConfig {
         feed,

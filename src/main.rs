@@ -84,73 +84,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format, &cli.command);
     match cli.command {
-        Command::Check { config } => match load(&config, None, None, None) {
-            Ok(c) => {
-                print!("{}", c.to_effective_toml());
-                for w in c.warnings() {
-                    eprintln!("warning: {w}");
-                }
-                eprintln!("config OK: {}", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+        Command::Check { config } => check(&config),
         Command::Serve {
             config,
             listen,
             admin_listen,
             upstream,
             threads,
-        } => {
-            let config = match load(&config, listen, admin_listen, upstream) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            if let Err(e) = config.check_runtime_paths() {
-                eprintln!("{e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            for w in config.warnings() {
-                tracing::warn!("{w}");
-            }
-            run_with(threads, async move {
-                App::build(config)?
-                    .bind()
-                    .await?
-                    .run(shutdown_signal())
-                    .await;
-                Ok(())
-            })
-        }
+        } => serve(&config, listen, admin_listen, upstream, threads),
         Command::Inject {
             listen,
             tls_cert,
             tls_key,
             config,
-        } => {
-            let defaults = match config.as_deref().map(jwtgate::inject::load_defaults) {
-                None => jwtgate::inject::Defaults::default(),
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            for (flag, path) in [("--tls-cert", &tls_cert), ("--tls-key", &tls_key)] {
-                if let Err(e) = std::fs::metadata(path) {
-                    eprintln!("config error: {flag}: cannot read {}: {e}", path.display());
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            }
-            run(async move {
-                let listener = jwtgate::inject::bind(listen)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                jwtgate::inject::serve(listener, tls_cert, tls_key, defaults, shutdown_signal())
-                    .await
-                    .map_err(anyhow::Error::msg)
-            })
-        }
+        } => inject(listen, tls_cert, tls_key, config),
         Command::Dev {
             listen,
             admin_listen,
@@ -162,6 +109,81 @@ fn main() -> ExitCode {
             shutdown_signal(),
         )),
     }
+}
+
+/// `jwtgate check`: the effective config and its warnings, or every problem (exit 64).
+fn check(config: &std::path::Path) -> ExitCode {
+    match load(config, None, None, None) {
+        Ok(c) => {
+            print!("{}", c.to_effective_toml());
+            for w in c.warnings() {
+                eprintln!("warning: {w}");
+            }
+            eprintln!("config OK: {}", config.display());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// `jwtgate serve`: every config problem exits 64 before any port is bound.
+fn serve(
+    config: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+    admin_listen: Option<std::net::SocketAddr>,
+    upstream: Option<String>,
+    threads: Option<usize>,
+) -> ExitCode {
+    let config = match load(config, listen, admin_listen, upstream) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = config.check_runtime_paths() {
+        eprintln!("{e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
+    run_with(threads, async move {
+        App::build(config)?
+            .bind()
+            .await?
+            .run(shutdown_signal())
+            .await;
+        Ok(())
+    })
+}
+
+/// `jwtgate inject`: the admission webhook.
+fn inject(
+    listen: std::net::SocketAddr,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+    config: Option<PathBuf>,
+) -> ExitCode {
+    let defaults = match config.as_deref().map(jwtgate::inject::load_defaults) {
+        None => jwtgate::inject::Defaults::default(),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for (flag, path) in [("--tls-cert", &tls_cert), ("--tls-key", &tls_key)] {
+        if let Err(e) = std::fs::metadata(path) {
+            eprintln!("config error: {flag}: cannot read {}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    run(async move {
+        let listener = jwtgate::inject::bind(listen)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        jwtgate::inject::serve(listener, tls_cert, tls_key, defaults, shutdown_signal())
+            .await
+            .map_err(anyhow::Error::msg)
+    })
 }
 
 /// Loads the config and applies the command-line overrides; errors go to stderr, exit 64.

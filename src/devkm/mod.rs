@@ -94,6 +94,8 @@ fn random_hex(n: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+// long-function: most of it is the one walkthrough text printed for the user, kept
+// whole so it reads as it prints.
 /// `jwtgate dev`: the reference key manager, an echo upstream and the proxy, all on
 /// loopback, wired for push and poll; prints a walkthrough, then serves until `shutdown`.
 pub async fn run_dev(

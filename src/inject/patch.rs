@@ -301,6 +301,8 @@ fn inject(mut pod: Pod, s: &Settings, d: &Defaults) -> Pod {
     pod
 }
 
+// long-function: the injected container spec, field by field, reads best as one
+// literal next to its documentation in README "Sidecar injection".
 fn sidecar(s: &Settings, d: &Defaults) -> Container {
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {

@@ -197,6 +197,63 @@ fn b64(field: &'static str, value: Option<&str>) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("{field} is not base64url"))
 }
 
+/// What a JWK's key material parses to: its type, the bytes that identify it, aws-lc's form.
+type KeyParts = (KeyKind, Vec<u8>, Parsed);
+
+/// RSA: at least 2048 bits, an exponent of at most 4 bytes.
+fn rsa_key(jwk: &RawJwk) -> Result<KeyParts, String> {
+    let n = b64("n", jwk.n.as_deref())?;
+    let e = b64("e", jwk.e.as_deref())?;
+    let n_trim = strip_leading_zeros(&n);
+    let bits = n_trim
+        .first()
+        .map_or(0, |b| n_trim.len() * 8 - b.leading_zeros() as usize);
+    if bits < 2048 {
+        return Err(format!("RSA modulus of {bits} bits is under 2048"));
+    }
+    let e_trim = strip_leading_zeros(&e);
+    if e_trim.is_empty() || e_trim.len() > 4 {
+        return Err("RSA exponent out of range".into());
+    }
+    let parsed = Parsed::Rsa(parse_rsa(n_trim, e_trim)?);
+    Ok((KeyKind::Rsa, [n_trim, e_trim].concat(), parsed))
+}
+
+/// EC on P-256 or P-384: coordinates of the curve's size, a point aws-lc accepts.
+fn ec_key(jwk: &RawJwk, crv: &str) -> Result<KeyParts, String> {
+    let x = b64("x", jwk.x.as_deref())?;
+    let y = b64("y", jwk.y.as_deref())?;
+    let (kind, len) = if crv == "P-256" {
+        (KeyKind::P256, 32)
+    } else {
+        (KeyKind::P384, 48)
+    };
+    if x.len() != len || y.len() != len {
+        return Err(format!("{crv} coordinates must be {len} bytes"));
+    }
+    let alg: &'static dyn aws_lc_rs::signature::VerificationAlgorithm = if kind == KeyKind::P256 {
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED
+    } else {
+        &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED
+    };
+    let point = [&[4u8][..], &x, &y].concat();
+    let parsed = ParsedPublicKey::new(alg, &point)
+        .map_err(|_| format!("{crv} point rejected by aws-lc (not on the curve)"))?;
+    Ok((kind, [x, y].concat(), Parsed::Single(Box::new(parsed))))
+}
+
+/// Ed25519: 32 bytes, canonical, not of small order.
+fn ed25519_key(jwk: &RawJwk) -> Result<KeyParts, String> {
+    let x = b64("x", jwk.x.as_deref())?;
+    let Ok(point) = <[u8; 32]>::try_from(x.as_slice()) else {
+        return Err("Ed25519 key must be 32 bytes".into());
+    };
+    ed25519_point_is_safe(&point)?;
+    let parsed = ParsedPublicKey::new(&aws_lc_rs::signature::ED25519, &x)
+        .map_err(|_| "Ed25519 key rejected by aws-lc".to_owned())?;
+    Ok((KeyKind::Ed25519, x, Parsed::Single(Box::new(parsed))))
+}
+
 fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
     let jwk: RawJwk = serde_json::from_value(raw).map_err(|e| format!("malformed JWK ({e})"))?;
     if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
@@ -214,55 +271,9 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, String> {
         }
     };
     let (kind, material, parsed) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
-        ("RSA", _) => {
-            let n = b64("n", jwk.n.as_deref())?;
-            let e = b64("e", jwk.e.as_deref())?;
-            let n_trim = strip_leading_zeros(&n);
-            let bits = n_trim
-                .first()
-                .map_or(0, |b| n_trim.len() * 8 - b.leading_zeros() as usize);
-            if bits < 2048 {
-                return Err(format!("RSA modulus of {bits} bits is under 2048"));
-            }
-            let e_trim = strip_leading_zeros(&e);
-            if e_trim.is_empty() || e_trim.len() > 4 {
-                return Err("RSA exponent out of range".into());
-            }
-            let parsed = Parsed::Rsa(parse_rsa(n_trim, e_trim)?);
-            (KeyKind::Rsa, [n_trim, e_trim].concat(), parsed)
-        }
-        ("EC", Some(crv @ ("P-256" | "P-384"))) => {
-            let x = b64("x", jwk.x.as_deref())?;
-            let y = b64("y", jwk.y.as_deref())?;
-            let (kind, len) = if crv == "P-256" {
-                (KeyKind::P256, 32)
-            } else {
-                (KeyKind::P384, 48)
-            };
-            if x.len() != len || y.len() != len {
-                return Err(format!("{crv} coordinates must be {len} bytes"));
-            }
-            let alg: &'static dyn aws_lc_rs::signature::VerificationAlgorithm =
-                if kind == KeyKind::P256 {
-                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED
-                } else {
-                    &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED
-                };
-            let point = [&[4u8][..], &x, &y].concat();
-            let parsed = ParsedPublicKey::new(alg, &point)
-                .map_err(|_| format!("{crv} point rejected by aws-lc (not on the curve)"))?;
-            (kind, [x, y].concat(), Parsed::Single(Box::new(parsed)))
-        }
-        ("OKP", Some("Ed25519")) => {
-            let x = b64("x", jwk.x.as_deref())?;
-            let Ok(point) = <[u8; 32]>::try_from(x.as_slice()) else {
-                return Err("Ed25519 key must be 32 bytes".into());
-            };
-            ed25519_point_is_safe(&point)?;
-            let parsed = ParsedPublicKey::new(&aws_lc_rs::signature::ED25519, &x)
-                .map_err(|_| "Ed25519 key rejected by aws-lc".to_owned())?;
-            (KeyKind::Ed25519, x, Parsed::Single(Box::new(parsed)))
-        }
+        ("RSA", _) => rsa_key(&jwk)?,
+        ("EC", Some(crv @ ("P-256" | "P-384"))) => ec_key(&jwk, crv)?,
+        ("OKP", Some("Ed25519")) => ed25519_key(&jwk)?,
         ("oct", _) => return Err("symmetric (oct) keys are never taken from a JWKS".into()),
         (kty, crv) => return Err(format!("unsupported kty {kty:?} / crv {crv:?}")),
     };

@@ -330,50 +330,19 @@ pub async fn serve<H, HF, IO, M, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The watchdog below bounds heads and idle time for both protocols.
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
-        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_builder(&limits));
     let handshake = Arc::new(handshake);
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let mut backoff = Duration::from_millis(10);
     tokio::pin!(stop);
     loop {
-        // A permit first: over the cap, connections wait in the accept queue.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let next = tokio::select! {
+            next = accept(name, &listener, &permits, &mut backoff) => next,
             _ = &mut stop => break,
         };
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => {
-                    backoff = Duration::from_millis(10);
-                    a
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-            _ = &mut stop => break,
+        let Some((permit, tcp, peer)) = next else {
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let activity = Arc::new(Activity::new());
@@ -381,8 +350,7 @@ pub async fn serve<H, HF, IO, M, S, B>(
             inner: make_service(peer),
             activity: activity.clone(),
         };
-        let (builder, handshake, mut drain_rx) =
-            (builder.clone(), handshake.clone(), drain_rx.clone());
+        let (builder, handshake, drain_rx) = (builder.clone(), handshake.clone(), drain_rx.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let io = match tokio::time::timeout(limits.header_read_timeout, handshake(tcp)).await {
@@ -396,45 +364,10 @@ pub async fn serve<H, HF, IO, M, S, B>(
                     return;
                 }
             };
-            let io = TokioIo::new(Watched {
-                io,
-                activity: activity.clone(),
-                prefix: [0; 3],
-                prefix_len: 0,
-            });
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(conn);
-            let mut closing = false;
-            loop {
-                // While a request is in flight nothing is due; look again within the
-                // shorter of the two timeouts (no per-request wake-up: an idle deadline
-                // is met at most that much late).
-                let wake = activity.deadline(&limits).unwrap_or_else(|| {
-                    Instant::now() + limits.header_read_timeout.min(limits.idle_timeout)
-                });
-                tokio::select! {
-                    done = conn.as_mut() => {
-                        if let Err(e) = done {
-                            tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
-                        }
-                        return;
-                    }
-                    _ = tokio::time::sleep_until(wake), if !closing => {
-                        if activity.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
-                            tracing::debug!(listener = name, %peer, "connection timed out (head or idle)");
-                            conn.as_mut().graceful_shutdown();
-                            let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
-                            return;
-                        }
-                    }
-                    changed = drain_rx.changed(), if !closing => {
-                        if changed.is_ok() {
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                    }
-                }
-            }
+            drive(
+                name, peer, &builder, io, service, activity, limits, drain_rx,
+            )
+            .await;
         });
     }
     drop(listener);
@@ -452,5 +385,111 @@ pub async fn serve<H, HF, IO, M, S, B>(
             listener = name,
             "drain timeout reached; remaining connections are dropped"
         );
+    }
+}
+
+/// The next connection, once a permit is free (over the cap, connections wait in the
+/// kernel's accept queue). `None` after an accept error, which backs off (out of file
+/// descriptors and the like) instead of spinning.
+async fn accept(
+    name: &'static str,
+    listener: &TcpListener,
+    permits: &Arc<tokio::sync::Semaphore>,
+    backoff: &mut Duration,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let permit = permits.clone().acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((tcp, peer)) => {
+            *backoff = Duration::from_millis(10);
+            Some((permit, tcp, peer))
+        }
+        Err(e) => {
+            tracing::warn!(listener = name, error = %e, "accept failed");
+            tokio::time::sleep(*backoff).await;
+            *backoff = (*backoff * 2).min(Duration::from_secs(1));
+            None
+        }
+    }
+}
+
+/// HTTP/1.1 and HTTP/2 with this listener's limits.
+fn http_builder(limits: &ConnLimits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The watchdog below bounds heads and idle time for both protocols.
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS);
+    builder
+}
+
+/// Serves one connection under its watchdog until it ends, times out, or is drained.
+#[allow(clippy::too_many_arguments)]
+async fn drive<IO, S, B>(
+    name: &'static str,
+    peer: SocketAddr,
+    builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    io: IO,
+    service: Tracked<S>,
+    activity: Arc<Activity>,
+    limits: ConnLimits,
+    mut drain_rx: tokio::sync::watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = TokioIo::new(Watched {
+        io,
+        activity: activity.clone(),
+        prefix: [0; 3],
+        prefix_len: 0,
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        // Requests starting and ending move the deadline without waking this task (no
+        // per-request cost): it looks again at least every `step`, so a deadline is met at
+        // most one step late.
+        let step = Instant::now() + limits.header_read_timeout.min(limits.idle_timeout);
+        let wake = activity.deadline(&limits).map_or(step, |d| d.min(step));
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(wake), if !closing => {
+                if activity.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!(listener = name, %peer, "connection timed out (head or idle)");
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+                    return;
+                }
+            }
+            changed = drain_rx.changed(), if !closing => {
+                if changed.is_ok() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
 }
