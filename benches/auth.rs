@@ -46,7 +46,15 @@ max_entries = {}
 
 fn keys(config: &Config, metrics: &Metrics, keys: &[&DevKey]) -> Arc<IssuerKeys> {
     let issuer = JwksMetrics::register(metrics).issuer("km");
-    let ik = Arc::new(IssuerKeys::new(&config.issuers[0], &config.jwks, issuer).unwrap());
+    let ik = Arc::new(
+        IssuerKeys::new(
+            &config.issuers[0],
+            &config.jwks,
+            issuer,
+            Arc::new(SystemClock),
+        )
+        .unwrap(),
+    );
     let doc = json!({"keys": keys.iter().map(|k| k.public_jwk(None)).collect::<Vec<_>>()});
     ik.load_document(doc.to_string().as_bytes()).unwrap();
     ik

@@ -108,7 +108,7 @@ impl App {
             .issuers
             .iter()
             .map(|i| {
-                IssuerKeys::new(i, &config.jwks, jwks_metrics.issuer(&i.name))
+                IssuerKeys::new(i, &config.jwks, jwks_metrics.issuer(&i.name), clock.clone())
                     .map(Arc::new)
                     .map_err(StartError::Issuer)
             })

@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -317,4 +318,45 @@ async fn background_refresh_is_conditional_and_304_keeps_the_keys() {
         1.0
     );
     assert_eq!(h.status(&key.token(&h.claims())).await, 200);
+}
+
+/// Keys are served stale while the key manager is down, but only for `max_stale_s`: past it
+/// every token of the issuer — cached or not — is a 503 `keys_unavailable`, never a 401
+/// and never forwarded; readiness does not flap. Driven by an injected clock.
+#[tokio::test]
+async fn keys_older_than_max_stale_are_unavailable() {
+    let key = DevKey::p256("k1");
+    let n = now();
+    let clock = Arc::new(ManualClock(n.into()));
+    let h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            extra: "max_stale_s = 600".into(),
+            clock: Some(clock.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut c = h.claims();
+    c["exp"] = (n + 7200).into();
+    let cached = key.token(&c);
+    assert_eq!(h.status(&cached).await, 200);
+    h.keys.set_down(true);
+
+    clock.0.store(n + 590, Ordering::SeqCst);
+    assert_eq!(h.status(&cached).await, 200, "within max_stale_s");
+    clock.0.store(n + 610, Ordering::SeqCst);
+    let before = h.upstream.count();
+    for token in [cached.clone(), key.token(&c)] {
+        let resp = h.get(&token).await;
+        assert_eq!(resp.status(), 503);
+        assert!(resp.headers().contains_key("retry-after"));
+    }
+    assert_eq!(h.upstream.count(), before);
+    assert_eq!(
+        h.metric(r#"jwtgate_rejections_total{reason="keys_unavailable"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(h.readyz().await, 200);
 }

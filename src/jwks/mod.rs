@@ -20,7 +20,7 @@ use arc_swap::ArcSwapOption;
 use http::header;
 use tracing::Instrument as _;
 
-use crate::clock::unix_now;
+use crate::clock::{Clock, unix_now};
 use crate::config::{IssuerConfig, JwksConfig, KeySource};
 use crate::metrics::Metrics;
 pub use keyset::{KeySet, VerifyKey};
@@ -116,7 +116,9 @@ const NEGATIVE_CACHE_ENTRIES: u64 = 10_000;
 /// The set in use, and when it was last confirmed by the key manager.
 struct Loaded {
     set: Arc<KeySet>,
-    confirmed_at: Instant,
+    /// Clock seconds when the key manager last confirmed the set (`max_stale` counts from
+    /// here; the injectable clock lets tests cross it without sleeping).
+    confirmed_at: i64,
 }
 
 /// Why a key could not be had.
@@ -169,6 +171,7 @@ pub struct IssuerKeys {
     missing_kids: moka::sync::Cache<u64, ()>,
     missing_kid_hasher: std::collections::hash_map::RandomState,
     metrics: IssuerMetrics,
+    clock: Arc<dyn Clock>,
 }
 
 impl IssuerKeys {
@@ -176,6 +179,7 @@ impl IssuerKeys {
         issuer: &IssuerConfig,
         cfg: &JwksConfig,
         metrics: IssuerMetrics,
+        clock: Arc<dyn Clock>,
     ) -> Result<IssuerKeys, String> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("jwtgate/", env!("CARGO_PKG_VERSION")))
@@ -214,6 +218,7 @@ impl IssuerKeys {
                 .build(),
             missing_kid_hasher: std::collections::hash_map::RandomState::new(),
             metrics,
+            clock,
         })
     }
 
@@ -225,7 +230,7 @@ impl IssuerKeys {
         self.metrics.keys.set(n as i64);
         self.current.store(Some(Arc::new(Loaded {
             set: Arc::new(set),
-            confirmed_at: Instant::now(),
+            confirmed_at: self.clock.now(),
         })));
         self.ever_loaded.store(true, Ordering::Release);
         Ok(n)
@@ -240,7 +245,9 @@ impl IssuerKeys {
     pub fn current(&self) -> Result<Arc<KeySet>, KeyError> {
         let guard = self.current.load();
         match guard.as_ref() {
-            Some(l) if l.confirmed_at.elapsed() <= self.cfg.max_stale => Ok(l.set.clone()),
+            Some(l) if self.clock.now() - l.confirmed_at <= self.cfg.max_stale.as_secs() as i64 => {
+                Ok(l.set.clone())
+            }
             _ => Err(KeyError::Unavailable),
         }
     }
@@ -342,7 +349,7 @@ impl IssuerKeys {
         match self.fetch(state).await {
             Ok((outcome, max_age)) => {
                 state.last_failed = false;
-                let now = Instant::now();
+                let now = self.clock.now();
                 match outcome {
                     Fetched::New(set) => {
                         tracing::info!(why, keys = set.len(), "JWKS loaded");
