@@ -38,6 +38,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod devkm;
+pub mod fetch;
 pub mod hashing;
 pub mod hop;
 pub mod inject;

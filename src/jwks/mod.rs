@@ -181,19 +181,7 @@ impl IssuerKeys {
         metrics: IssuerMetrics,
         clock: Arc<dyn Clock>,
     ) -> Result<IssuerKeys, String> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("jwtgate/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::limited(3));
-        if let Some(path) = &issuer.ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            builder = builder.tls_certs_merge(certs);
-        }
-        let client = builder
-            .build()
+        let client = crate::fetch::client(issuer.ca_file.as_deref(), Duration::from_secs(10))
             .map_err(|e| format!("HTTP client for issuer {}: {e}", issuer.name))?;
         Ok(IssuerKeys {
             name: issuer.name.clone(),
@@ -326,7 +314,11 @@ impl IssuerKeys {
                         }
                         Err(()) => {
                             failures = failures.saturating_add(1);
-                            backoff(failures, self.cfg.refresh_interval)
+                            crate::fetch::backoff(
+                                failures,
+                                Duration::from_secs(1),
+                                self.cfg.refresh_interval.min(Duration::from_secs(60)),
+                            )
                         }
                     };
                     tokio::select! {
@@ -399,23 +391,24 @@ impl IssuerKeys {
         {
             req = req.header(header::IF_NONE_MATCH, tag.as_str());
         }
-        let resp = req.send().await.map_err(describe)?;
+        let resp = crate::fetch::send(req, &[reqwest::StatusCode::NOT_MODIFIED])
+            .await
+            .map_err(|e| format!("JWKS endpoint: {e}"))?;
         let max_age = max_age(resp.headers());
-        if resp.status() == reqwest::StatusCode::NOT_MODIFIED && self.current.load().is_some() {
-            return Ok((Fetched::NotModified, max_age));
-        }
-        if !resp.status().is_success() {
-            return Err(format!(
-                "JWKS endpoint answered HTTP {}",
-                resp.status().as_u16()
-            ));
+        if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+            if self.current.load().is_some() {
+                return Ok((Fetched::NotModified, max_age));
+            }
+            return Err("JWKS endpoint: answered 304 with no set held".into());
         }
         let etag = resp
             .headers()
             .get(header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = read_capped(resp, keyset::MAX_JWKS_BYTES).await?;
+        let body = crate::fetch::read_capped(resp, keyset::MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| format!("JWKS endpoint: {e}"))?;
         let set = KeySet::parse(&body)?;
         if set.is_empty() {
             return Err("JWKS holds no usable key (see debug log for each key)".into());
@@ -433,19 +426,13 @@ impl IssuerKeys {
             issuer: String,
             jwks_uri: String,
         }
-        let resp = self
-            .client
-            .get(url.clone())
-            .send()
+        let discovery_error = |e: crate::fetch::FetchError| format!("discovery: {e}");
+        let resp = crate::fetch::send(self.client.get(url.clone()), &[])
             .await
-            .map_err(describe)?;
-        if !resp.status().is_success() {
-            return Err(format!(
-                "discovery answered HTTP {}",
-                resp.status().as_u16()
-            ));
-        }
-        let body = read_capped(resp, keyset::MAX_JWKS_BYTES).await?;
+            .map_err(discovery_error)?;
+        let body = crate::fetch::read_capped(resp, keyset::MAX_JWKS_BYTES)
+            .await
+            .map_err(discovery_error)?;
         let doc: Discovery = serde_json::from_slice(&body)
             .map_err(|e| format!("discovery document unreadable ({e})"))?;
         if doc.issuer != self.issuer {
@@ -465,28 +452,6 @@ enum Fetched {
     NotModified,
 }
 
-fn describe(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "cannot connect".into()
-    } else {
-        // reqwest's Display names the URL and the cause; no secrets are in JWKS URLs.
-        e.to_string()
-    }
-}
-
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(describe)? {
-        if body.len() + chunk.len() > cap {
-            return Err(format!("body larger than {cap} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get(header::CACHE_CONTROL)?.to_str().ok()?;
     value.split(',').find_map(|d| {
@@ -504,18 +469,6 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
-/// 1 s, 2 s, 4 s … capped at min(refresh, 60 s), with ±20 % jitter.
-fn backoff(failures: u32, refresh: Duration) -> Duration {
-    let cap = refresh
-        .min(Duration::from_secs(60))
-        .max(Duration::from_secs(1));
-    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(cap);
-    let mut r = [0u8; 2];
-    let _ = aws_lc_rs::rand::fill(&mut r);
-    let jitter = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) * 0.4 + 0.8;
-    base.mul_f64(jitter)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,14 +483,5 @@ mod tests {
         assert_eq!(max_age(&h), Some(Duration::from_secs(120)));
         h.insert(header::CACHE_CONTROL, "no-cache".parse().unwrap());
         assert_eq!(max_age(&h), None);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let r = Duration::from_secs(300);
-        assert!(backoff(1, r) <= Duration::from_millis(1200));
-        assert!(backoff(3, r) >= Duration::from_millis(3200));
-        assert!(backoff(30, r) <= Duration::from_secs(72));
-        assert!(backoff(30, Duration::from_secs(2)) <= Duration::from_millis(2400));
     }
 }

@@ -26,20 +26,9 @@ pub struct Poller {
 impl Poller {
     pub fn new(rev: Arc<Revocation>) -> Result<Poller, String> {
         let feed = rev.cfg.feed.as_ref().ok_or("no feed configured")?;
-        let mut b = reqwest::Client::builder()
-            .user_agent(concat!("jwtgate/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60));
-        if let Some(path) = &feed.ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            b = b.tls_certs_merge(certs);
-        }
-        Ok(Poller {
-            rev,
-            client: b.build().map_err(|e| e.to_string())?,
-        })
+        let client = crate::fetch::client(feed.ca_file.as_deref(), Duration::from_secs(60))
+            .map_err(|e| e.to_string())?;
+        Ok(Poller { rev, client })
     }
 
     fn source(&self) -> RevocationSource {
@@ -71,14 +60,10 @@ impl Poller {
                     tracing::warn!(%error, failures, "revocation feed poll failed; keeping every record held");
                 }
             }
-            let delay = if failures == 0 {
-                interval
-            } else {
-                let factor = 1u32 << (failures - 1).min(5);
-                (interval * factor).min(interval.max(Duration::from_secs(60)))
-            };
+            let delay =
+                crate::fetch::backoff(failures, interval, interval.max(Duration::from_secs(60)));
             tokio::select! {
-                _ = tokio::time::sleep(jitter(delay)) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = stop.changed() => return,
             }
         }
@@ -162,31 +147,12 @@ impl Poller {
         if let (Some(u), Some(p)) = (&feed.username, &feed.password) {
             req = req.basic_auth(u, Some(p.expose()));
         }
-        let mut resp = req.send().await.map_err(|e| {
-            if e.is_timeout() {
-                "timed out".to_owned()
-            } else if e.is_connect() {
-                "cannot connect".to_owned()
-            } else {
-                e.to_string()
-            }
-        })?;
-        if !resp.status().is_success() {
-            return Err(format!("feed answered HTTP {}", resp.status().as_u16()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-            if body.len() + chunk.len() > MAX_FEED_BYTES {
-                return Err(format!("feed body larger than {MAX_FEED_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let resp = crate::fetch::send(req, &[])
+            .await
+            .map_err(|e| format!("feed: {e}"))?;
+        let body = crate::fetch::read_capped(resp, MAX_FEED_BYTES)
+            .await
+            .map_err(|e| format!("feed: {e}"))?;
         Ok(body)
     }
-}
-
-fn jitter(d: Duration) -> Duration {
-    let mut r = [0u8; 2];
-    let _ = aws_lc_rs::rand::fill(&mut r);
-    d.mul_f64(f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) * 0.4 + 0.8)
 }
