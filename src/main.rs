@@ -204,19 +204,19 @@ fn load(
             return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
-    if let Some(url) = upstream {
-        text = jwtgate::config::override_key(&text, "upstream", "url", &url);
+    // Every command-line override is applied the same way: written into the text before
+    // validation, so it is checked (and reported under its key) like the file's own value.
+    for (section, key, value) in [
+        ("server", "listen", listen.map(|a| a.to_string())),
+        ("server", "admin_listen", admin_listen.map(|a| a.to_string())),
+        ("upstream", "url", upstream),
+    ] {
+        if let Some(value) = value {
+            text = jwtgate::config::override_key(&text, section, key, &value);
+        }
     }
     match Config::from_toml_str(&text, &env) {
-        Ok(mut c) => {
-            if let Some(a) = listen {
-                c.server.listen = a;
-            }
-            if let Some(a) = admin_listen {
-                c.server.admin_listen = a;
-            }
-            Ok(c)
-        }
+        Ok(c) => Ok(c),
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
