@@ -517,33 +517,30 @@ impl Config {
         }
     }
 
-    /// Checks that only make sense on the host that serves (`jwtgate serve`, not `check`,
-    /// which may run outside the pod): the snapshot's directory must exist.
-    pub fn check_runtime_paths(&self) -> Result<(), ConfigErrors> {
-        let Some(path) = self
-            .revocation
-            .as_ref()
-            .and_then(|r| r.snapshot_path.as_ref())
-        else {
-            return Ok(());
-        };
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        if !dir.is_dir() {
-            return Err(ConfigErrors::one(
-                "revocation.snapshot_path",
-                format!("directory {} does not exist", dir.display()),
-            ));
+    /// The one place for checks that depend on the host jwtgate runs on rather than on
+    /// the file: CA files readable and holding a PEM certificate, the snapshot directory
+    /// present. `serve` runs them before binding anything (exit 64, every problem named by
+    /// its key); `check` does not, so a config can be checked away from the pod.
+    pub fn check_host(&self) -> Result<(), ConfigErrors> {
+        let mut p = Problems(Vec::new());
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            if let Some(path) = &issuer.ca_file {
+                check_ca_file(&format!("issuers[{i}].ca_file"), path, &mut p);
+            }
         }
-        if path.is_dir() {
-            return Err(ConfigErrors::one(
-                "revocation.snapshot_path",
-                "is a directory; name a file in it",
-            ));
+        if let Some(r) = &self.revocation {
+            if let Some(path) = r.feed.as_ref().and_then(|f| f.ca_file.as_ref()) {
+                check_ca_file("revocation.ca_file", path, &mut p);
+            }
+            if let Some(path) = &r.snapshot_path {
+                check_snapshot_dir(path, &mut p);
+            }
         }
-        Ok(())
+        if p.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(p.0))
+        }
     }
 
     /// Issuers that opted out of the audience check: `serve` warns about each at start.
@@ -855,7 +852,7 @@ fn validate_issuers(raw: Vec<RawIssuer>, p: &mut Problems) -> Vec<IssuerConfig> 
             &[("generic", Profile::Generic), ("wso2", Profile::Wso2)],
             p,
         );
-        let ca_file = ca_file(&k("ca_file"), r.ca_file, p);
+        let ca_file = r.ca_file.map(PathBuf::from);
         if let Some(keys) = keys {
             out.push(IssuerConfig {
                 name,
@@ -923,15 +920,34 @@ fn feed(
     }
 }
 
-/// An optional extra trust root: the file must hold at least one PEM certificate.
-fn ca_file(key: &str, path: Option<String>, p: &mut Problems) -> Option<PathBuf> {
-    let path = PathBuf::from(path?);
-    match std::fs::read(&path) {
-        Ok(pem) if reqwest::Certificate::from_pem_bundle(&pem).is_ok() => {}
+/// An extra trust root must be a readable file holding at least one PEM certificate
+/// (a host check: see [`Config::check_host`]).
+fn check_ca_file(key: &str, path: &std::path::Path, p: &mut Problems) {
+    match std::fs::read(path) {
+        // An empty bundle parses: a file with no certificate in it is refused here.
+        Ok(pem) if reqwest::Certificate::from_pem_bundle(&pem).is_ok_and(|c| !c.is_empty()) => {}
         Ok(_) => p.push(key, format!("{} holds no PEM certificate", path.display())),
         Err(e) => p.push(key, format!("cannot read {}: {e}", path.display())),
     }
-    Some(path)
+}
+
+/// The snapshot's directory must exist, and the path must not be a directory itself.
+fn check_snapshot_dir(path: &std::path::Path, p: &mut Problems) {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        p.push(
+            "revocation.snapshot_path",
+            format!("directory {} does not exist", dir.display()),
+        );
+    } else if path.is_dir() {
+        p.push(
+            "revocation.snapshot_path",
+            "is a directory; name a file in it",
+        );
+    }
 }
 
 /// One of a closed set of words; the first is the default. A wrong word names the choices.
@@ -1118,7 +1134,7 @@ fn validate_revocation(raw: RawRevocation, p: &mut Problems) -> RevocationConfig
         &[("jwtgate", FeedFormat::Jwtgate), ("wso2", FeedFormat::Wso2)],
         p,
     );
-    let ca_file = ca_file(&k("ca_file"), raw.ca_file.clone(), p);
+    let ca_file = raw.ca_file.clone().map(PathBuf::from);
     let feed = feed(&raw, format, ca_file, poll_interval_s, p);
     let push_token = raw.push_token.map(Secret);
     if push_token
@@ -1226,6 +1242,37 @@ audiences = ["api://orders"]
 
     fn keys_of(err: ConfigErrors) -> Vec<String> {
         err.0.into_iter().map(|e| e.key).collect()
+    }
+
+    #[test]
+    fn host_checks_run_apart_from_validation_and_name_every_key() {
+        let dir = std::env::temp_dir().join(format!("jwtgate-host-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, b"hello").unwrap();
+        let text = format!(
+            "{MINIMAL}ca_file = \"{}\"\n[revocation]\nfeed_url = \"http://km/rev\"\nca_file = \"/nonexistent/ca.pem\"\nsnapshot_path = \"/nonexistent-dir/s\"\n",
+            not_pem.display()
+        );
+        // The file is valid wherever it is checked ...
+        let c = Config::from_toml_str(&text, &no_env).unwrap();
+        // ... the host it runs on is checked by `serve`, every problem at once.
+        let keys = keys_of(c.check_host().unwrap_err());
+        assert_eq!(
+            keys,
+            [
+                "issuers[0].ca_file",
+                "revocation.ca_file",
+                "revocation.snapshot_path"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            Config::from_toml_str(MINIMAL, &no_env)
+                .unwrap()
+                .check_host()
+                .is_ok()
+        );
     }
 
     #[test]

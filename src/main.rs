@@ -138,7 +138,7 @@ fn serve(
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = config.check_runtime_paths() {
+    if let Err(e) = config.check_host() {
         eprintln!("{e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -208,7 +208,11 @@ fn load(
     // validation, so it is checked (and reported under its key) like the file's own value.
     for (section, key, value) in [
         ("server", "listen", listen.map(|a| a.to_string())),
-        ("server", "admin_listen", admin_listen.map(|a| a.to_string())),
+        (
+            "server",
+            "admin_listen",
+            admin_listen.map(|a| a.to_string()),
+        ),
         ("upstream", "url", upstream),
     ] {
         if let Some(value) = value {
