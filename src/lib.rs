@@ -42,6 +42,7 @@ pub mod fetch;
 pub mod hashing;
 pub mod hop;
 pub mod inject;
+pub mod inspect;
 pub mod jose;
 pub mod jwks;
 pub mod metrics;

@@ -10,6 +10,8 @@ use jwtgate::config::Config;
 
 /// Exit code for a bad config or bad usage (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+/// `jwtgate inspect` with nothing on stdin (sysexits EX_DATAERR).
+const EXIT_NO_INPUT: u8 = 65;
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +73,22 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Explain, check by check, why a token (read from stdin, never argv) would be accepted
+    /// or refused: exit 0 accepted, 1 rejected, 64 bad config, 65 no token on stdin.
+    Inspect {
+        /// Config file (TOML), as the proxy would run it.
+        #[arg(long, env = "JWTGATE_CONFIG")]
+        config: PathBuf,
+        /// The request's method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request's path (no route policy yet: shown only).
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// One JSON object on stdout instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Zero-setup demo on loopback: key manager, echo upstream, proxy, and curl lines.
     Dev {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -98,6 +116,12 @@ fn main() -> ExitCode {
             tls_key,
             config,
         } => inject(listen, tls_cert, tls_key, config),
+        Command::Inspect {
+            config,
+            method,
+            path: _,
+            json,
+        } => inspect(&config, &method, json),
         Command::Dev {
             listen,
             admin_listen,
@@ -153,6 +177,51 @@ fn serve(
             .await;
         Ok(())
     })
+}
+
+/// `jwtgate inspect`: the token from stdin, the verdict on stdout.
+fn inspect(config: &std::path::Path, method: &str, json: bool) -> ExitCode {
+    let config = match load(config, None, None, None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = config.check_host() {
+        eprintln!("{e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let mut input = String::new();
+    let read = std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::io::stdin(), 1 << 20),
+        &mut input,
+    );
+    let Some(token) = read
+        .ok()
+        .and_then(|_| jwtgate::inspect::token_from_input(&input))
+    else {
+        eprintln!("no token on stdin (jwtgate inspect reads it there, never from argv)");
+        return ExitCode::from(EXIT_NO_INPUT);
+    };
+    let token = token.to_owned();
+    let report = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(jwtgate::inspect::inspect(&config, method, &token)),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    if report.reason.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// `jwtgate inject`: the admission webhook.
@@ -295,7 +364,7 @@ async fn shutdown_signal() {
 }
 
 fn init_logs(format: LogFormat, command: &Command) {
-    let default = if matches!(command, Command::Dev { .. }) {
+    let default = if matches!(command, Command::Dev { .. } | Command::Inspect { .. }) {
         "warn"
     } else {
         "info"

@@ -288,21 +288,69 @@ impl Authenticator {
     /// refresh-token marks, time window, `iat`, audience. Only a token with an unknown
     /// `kid` ever awaits (the refetch).
     pub async fn verify<'t>(&self, token: &'t str) -> Result<Fresh<'t>, Reject> {
-        let seg = token::split(token, self.max_token_bytes)?;
-        let header = token::header(seg.header)?;
-        let alg = header_alg(&header)?;
-        let claims = token::claims(seg.payload)?;
+        self.verify_traced(token, &mut NoTrace).await
+    }
+
+    /// [`Authenticator::verify`], reporting each check to `trace` as it passes or fails
+    /// (`jwtgate inspect`); with [`NoTrace`] it compiles to `verify` itself.
+    pub async fn verify_traced<'t, T: Trace>(
+        &self,
+        token: &'t str,
+        t: &mut T,
+    ) -> Result<Fresh<'t>, Reject> {
+        let seg = step(
+            t,
+            "structure",
+            token::split(token, self.max_token_bytes),
+            |_| "three base64url segments".into(),
+        )?;
+        let header = step(t, "header", token::header(seg.header), |h| {
+            format!(
+                "alg {:?}, kid {:?}, typ {:?}",
+                h.alg,
+                h.kid.as_deref().unwrap_or("(none)"),
+                h.typ.as_deref().unwrap_or("(none)")
+            )
+        })?;
+        let alg = step(t, "alg", header_alg(&header), |a| {
+            format!("{} is a jwtgate algorithm; no crit", a.name())
+        })?;
+        let claims = step(t, "payload", token::claims(seg.payload), |_| {
+            "a JSON object with well-typed registered claims".into()
+        })?;
         let issuer_idx = claims
             .iss
             .as_deref()
             .and_then(|iss| self.by_iss.get(iss).copied())
-            .ok_or(Reject::new(Reason::Issuer, "token issuer is not trusted"))?;
+            .ok_or(Reject::new(Reason::Issuer, "token issuer is not trusted"));
+        let issuer_idx = step(t, "issuer", issuer_idx, |i| {
+            format!("iss is issuer {:?}", self.issuers[*i].cfg.name)
+        })?;
         let issuer = &self.issuers[issuer_idx];
-        issuer_accepts(&issuer.cfg, alg, header.typ.as_deref())?;
+        let accepted = issuer_accepts(&issuer.cfg, alg, header.typ.as_deref());
+        step(t, "alg and typ", accepted, |_| {
+            format!(
+                "{} on the issuer's list; typ {}",
+                alg.name(),
+                header
+                    .typ
+                    .as_deref()
+                    .map_or("absent".into(), |t| format!("{t:?} accepted"))
+            )
+        })?;
         let key = self
             .verify_signature(issuer, header.kid.as_deref(), alg, &seg)
-            .await?;
-        let window = self.check_claims(&issuer.cfg, &claims)?;
+            .await;
+        let key = step(t, "key and signature", key, |k| {
+            format!(
+                "key {:?} ({:?}{}), signature valid",
+                k.kid.as_deref().unwrap_or("(no kid)"),
+                k.kind,
+                k.alg
+                    .map_or(String::new(), |a| format!(", alg {}", a.name()))
+            )
+        })?;
+        let window = self.check_claims(&issuer.cfg, &claims, t)?;
         Ok(Fresh {
             verified: Verified {
                 issuer: issuer_idx,
@@ -319,47 +367,74 @@ impl Authenticator {
 
     /// Refresh-token marks, the time window, `iat` and the audience (after the signature:
     /// nothing from an unverified payload decides anything).
-    fn check_claims(
+    fn check_claims<T: Trace>(
         &self,
         cfg: &IssuerConfig,
         claims: &token::Claims,
+        t: &mut T,
     ) -> Result<TimeWindow, Reject> {
-        if claims.token_type.as_deref() == Some("refresh_token") {
-            return Err(Reject::new(
+        let refresh = if claims.token_type.as_deref() == Some("refresh_token") {
+            Err(Reject::new(
                 Reason::RefreshToken,
                 "refresh tokens are not access tokens",
-            ));
-        }
+            ))
+        } else {
+            Ok(())
+        };
+        step(t, "refresh token", refresh, |_| {
+            "no refresh-token marks".into()
+        })?;
         let now = self.clock.now();
         let leeway = cfg.leeway_s as i64;
-        let window = TimeWindow {
-            exp: claims
-                .exp
-                .ok_or(Reject::new(Reason::Malformed, "token has no exp claim"))?
-                .0,
-            nbf: claims.nbf.map(|d| d.0),
-            leeway,
-        };
-        window.check(now)?;
-        if let Some(iat) = claims.iat
-            && iat.0 > now + leeway
-        {
-            return Err(Reject::new(
+        let window = claims
+            .exp
+            .ok_or(Reject::new(Reason::Malformed, "token has no exp claim"))
+            .map(|exp| TimeWindow {
+                exp: exp.0,
+                nbf: claims.nbf.map(|d| d.0),
+                leeway,
+            });
+        let window = window.and_then(|w| w.check(now).map(|()| w));
+        let described = window_detail(claims, now, leeway);
+        let window = step(t, "exp and nbf", window, |_| described.clone());
+        if window.is_err() {
+            t.detail(described);
+        }
+        let window = window?;
+        let iat = match claims.iat {
+            Some(iat) if iat.0 > now + leeway => Err(Reject::new(
                 Reason::IssuedInFuture,
                 "token was issued in the future (iat)",
-            ));
-        }
-        if !cfg.skip_audience_check
-            && !claims
+            )),
+            _ => Ok(()),
+        };
+        step(t, "iat", iat, |_| match claims.iat {
+            Some(iat) => format!("issued {} s ago", now - iat.0),
+            None => "absent".into(),
+        })?;
+        let audience = if cfg.skip_audience_check
+            || claims
                 .aud
                 .as_ref()
                 .is_some_and(|a| a.contains_any(&cfg.audiences))
         {
-            return Err(Reject::new(
+            Ok(())
+        } else {
+            Err(Reject::new(
                 Reason::Audience,
                 "token audience is not accepted",
-            ));
+            ))
+        };
+        if audience.is_err() {
+            t.detail(format!("expected one of {:?}", cfg.audiences));
         }
+        step(t, "audience", audience, |_| {
+            if cfg.skip_audience_check {
+                "not checked (skip_audience_check)".into()
+            } else {
+                format!("holds one of {:?}", cfg.audiences)
+            }
+        })?;
         Ok(window)
     }
 
@@ -405,6 +480,60 @@ impl Authenticator {
             Err(Reject::new(Reason::Signature, "token signature is invalid"))
         }
     }
+}
+
+/// Where the checks of a verification are reported (`jwtgate inspect`). The proxy passes
+/// [`NoTrace`]: nothing is formatted, nothing is kept.
+pub trait Trace {
+    /// `check` passed; `detail` says what was seen (called only by traces that keep it).
+    fn pass(&mut self, check: &'static str, detail: impl FnOnce() -> String);
+    /// `check` failed with `reject`.
+    fn fail(&mut self, check: &'static str, reject: &Reject);
+    /// More about the check just reported (what was expected, how far off).
+    fn detail(&mut self, _text: String) {}
+}
+
+/// The trace of the request path: reports nothing.
+pub struct NoTrace;
+
+impl Trace for NoTrace {
+    #[inline(always)]
+    fn pass(&mut self, _check: &'static str, _detail: impl FnOnce() -> String) {}
+    #[inline(always)]
+    fn fail(&mut self, _check: &'static str, _reject: &Reject) {}
+}
+
+/// Reports one check's result to `t` and passes it on.
+#[inline(always)]
+pub fn step<R, T: Trace>(
+    t: &mut T,
+    check: &'static str,
+    result: Result<R, Reject>,
+    detail: impl FnOnce(&R) -> String,
+) -> Result<R, Reject> {
+    match &result {
+        Ok(r) => t.pass(check, || detail(r)),
+        Err(reject) => t.fail(check, reject),
+    }
+    result
+}
+
+/// `exp`/`nbf` against now, with the leeway: how far off each is.
+fn window_detail(claims: &token::Claims, now: i64, leeway: i64) -> String {
+    let mut out = match claims.exp {
+        Some(exp) if exp.0 > now => format!("exp in {} s", exp.0 - now),
+        Some(exp) => format!("exp {} s ago", now - exp.0),
+        None => "no exp".into(),
+    };
+    if let Some(nbf) = claims.nbf {
+        if nbf.0 > now {
+            out.push_str(&format!(", nbf in {} s", nbf.0 - now));
+        } else {
+            out.push_str(&format!(", nbf {} s ago", now - nbf.0));
+        }
+    }
+    out.push_str(&format!(" (leeway {leeway} s)"));
+    out
 }
 
 /// The header's `alg`, on jwtgate's list; a kid within bounds; no `crit`.

@@ -26,13 +26,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::auth::{Authenticator, Fresh, LastToken, TokenHash, Verified, token};
-use crate::config::{Cidr, Config, Profile};
+use crate::auth::{
+    Authenticator, Fresh, LastToken, NoTrace, TokenHash, Trace, Verified, step, token,
+};
+use crate::config::{Cidr, Config, IssuerConfig, Profile};
 use crate::jose::Algorithm;
 use crate::metrics::Metrics;
 use crate::reject::{Reason, Reject};
-use crate::revocation::Facts;
 use crate::revocation::Revocation;
+use crate::revocation::{Facts, LifetimeBound, RevocationList, TokenFingerprints};
 pub use metrics::{Outcome, ProxyMetrics, UpstreamErrorKind};
 use upstream::{UpstreamBody, UpstreamError, UpstreamPool};
 
@@ -313,67 +315,20 @@ impl Proxy {
         }
         let refused = |r| (r, Some(hash.fingerprint()));
         let fresh = self.auth.verify(token).await.map_err(refused)?;
-        self.token_policy(&fresh).map_err(refused)?;
+        let bound = self
+            .revocation
+            .as_ref()
+            .map(|r| (r.lifetime_bound(), r.config().require_jti));
+        token_policy(bound, &fresh, &mut NoTrace).map_err(refused)?;
+        let fps = self
+            .revocation
+            .as_ref()
+            .map(|rev| fingerprints(rev.list(), self.auth.issuer(fresh.verified.issuer), &fresh));
         let mut verified = fresh.verified;
-        verified.revocation_fps = self.revocation.as_ref().map(|rev| {
-            let issuer = self.auth.issuer(verified.issuer);
-            let wso2 = issuer.profile == Profile::Wso2;
-            let twin = if wso2 {
-                ecdsa_twin_of(fresh.alg, fresh.signature)
-            } else {
-                None
-            };
-            rev.list().fingerprints(&Facts {
-                iss: &issuer.issuer,
-                wso2,
-                jti: fresh.claims.jti.as_deref(),
-                sub: fresh.claims.sub.as_deref(),
-                client: fresh
-                    .claims
-                    .client_id
-                    .as_deref()
-                    .or(fresh.claims.azp.as_deref()),
-                entity_id: fresh.claims.entity_id.as_deref(),
-                signature: fresh.signature,
-                signature_twin: twin.as_deref(),
-                iat: verified.iat,
-            })
-        });
+        verified.revocation_fps = fps;
         let verified = Arc::new(verified);
         self.auth.keep(token, &hash, &verified, &peer.last_token);
         Ok(verified)
-    }
-
-    /// Token policy, for a token seen for the first time: a token bound to a key (`cnf`)
-    /// is not a bearer token; while revocation is on, the lifetime must be bounded (`iat`
-    /// present, `exp − iat` within the bound) and a `jti` present if required — without
-    /// these, pruning a rule could revive a token it revoked.
-    fn token_policy(&self, fresh: &Fresh<'_>) -> Result<(), Reject> {
-        if fresh.claims.cnf.is_some_and(|c| c.0 > 0) {
-            // Bound to a DPoP key or a client certificate (RFC 9449 / RFC 8705): jwtgate
-            // does not check the binding, so it must not accept the token as a bearer token.
-            return Err(Reject::new(
-                Reason::BoundToken,
-                "token is bound to a key (cnf) and cannot be used as a bearer token",
-            ));
-        }
-        let Some(rev) = &self.revocation else {
-            return Ok(());
-        };
-        let iat = fresh.verified.iat.ok_or(Reject::new(
-            Reason::Lifetime,
-            "token has no iat, so its lifetime cannot be bounded",
-        ))?;
-        if !rev.lifetime_bound().allows(iat, fresh.verified.window.exp) {
-            return Err(Reject::new(
-                Reason::Lifetime,
-                "token lifetime exceeds max_token_lifetime_s",
-            ));
-        }
-        if rev.config().require_jti && fresh.claims.jti.is_none() {
-            return Err(Reject::new(Reason::MissingJti, "token has no jti"));
-        }
-        Ok(())
     }
 
     /// Phase `revocation`: every request, cache hits included (a handful of lock-free
@@ -614,6 +569,102 @@ impl Proxy {
         }
         resp
     }
+}
+
+/// Token policy, for a token seen for the first time: a token bound to a key (`cnf`) is
+/// not a bearer token; while revocation is on (`bound` holds its lifetime bound and
+/// `require_jti`), the lifetime must be bounded (`iat` present, `exp − iat` within the
+/// bound) and a `jti` present if required — without these, pruning a rule could revive a
+/// token it revoked.
+pub fn token_policy<T: Trace>(
+    bound: Option<(&LifetimeBound, bool)>,
+    fresh: &Fresh<'_>,
+    t: &mut T,
+) -> Result<(), Reject> {
+    let bound_to_key = if fresh.claims.cnf.is_some_and(|c| c.0 > 0) {
+        // Bound to a DPoP key or a client certificate (RFC 9449 / RFC 8705): jwtgate does
+        // not check the binding, so it must not accept the token as a bearer token.
+        Err(Reject::new(
+            Reason::BoundToken,
+            "token is bound to a key (cnf) and cannot be used as a bearer token",
+        ))
+    } else {
+        Ok(())
+    };
+    step(t, "cnf", bound_to_key, |_| "not bound to a key".into())?;
+    let Some((bound, require_jti)) = bound else {
+        return Ok(());
+    };
+    let exp = fresh.verified.window.exp;
+    let lifetime = match fresh.verified.iat {
+        None => Err(Reject::new(
+            Reason::Lifetime,
+            "token has no iat, so its lifetime cannot be bounded",
+        )),
+        Some(iat) if !bound.allows(iat, exp) => Err(Reject::new(
+            Reason::Lifetime,
+            "token lifetime exceeds max_token_lifetime_s",
+        )),
+        Some(_) => Ok(()),
+    };
+    if lifetime.is_err() {
+        t.detail(format!(
+            "at most {} s (exp − iat){}",
+            bound.max,
+            bound.earlier.map_or(String::new(), |(old, at)| format!(
+                ", {old} s for tokens issued before {at}"
+            ))
+        ));
+    }
+    step(t, "lifetime", lifetime, |_| {
+        format!(
+            "exp − iat = {} s, bound {} s",
+            exp - fresh.verified.iat.unwrap_or(exp),
+            bound.max
+        )
+    })?;
+    let jti = if require_jti && fresh.claims.jti.is_none() {
+        Err(Reject::new(Reason::MissingJti, "token has no jti"))
+    } else {
+        Ok(())
+    };
+    step(t, "jti", jti, |_| {
+        if fresh.claims.jti.is_some() {
+            "present".into()
+        } else {
+            "absent (require_jti = false)".into()
+        }
+    })
+}
+
+/// Every fingerprint the revocation list can match the token by (computed once, when the
+/// token is first seen).
+pub fn fingerprints(
+    list: &RevocationList,
+    issuer: &IssuerConfig,
+    fresh: &Fresh<'_>,
+) -> TokenFingerprints {
+    let wso2 = issuer.profile == Profile::Wso2;
+    let twin = if wso2 {
+        ecdsa_twin_of(fresh.alg, fresh.signature)
+    } else {
+        None
+    };
+    list.fingerprints(&Facts {
+        iss: &issuer.issuer,
+        wso2,
+        jti: fresh.claims.jti.as_deref(),
+        sub: fresh.claims.sub.as_deref(),
+        client: fresh
+            .claims
+            .client_id
+            .as_deref()
+            .or(fresh.claims.azp.as_deref()),
+        entity_id: fresh.claims.entity_id.as_deref(),
+        signature: fresh.signature,
+        signature_twin: twin.as_deref(),
+        iat: fresh.verified.iat,
+    })
 }
 
 /// One request on its way through the phases.

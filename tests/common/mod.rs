@@ -277,6 +277,8 @@ pub struct Harness {
     pub admin: SocketAddr,
     pub issuer: String,
     pub http: reqwest::Client,
+    /// The config jwtgate runs with, as TOML (`jwtgate inspect` reads the same file).
+    pub config_text: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -365,7 +367,7 @@ min_refetch_interval_s = 2
         );
         let config =
             Config::from_toml_str(&text, &|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        Harness::launch(keys, upstream, issuer, config, opts).await
+        Harness::launch(keys, upstream, issuer, config, text, opts).await
     }
 
     async fn launch(
@@ -373,6 +375,7 @@ min_refetch_interval_s = 2
         upstream: Upstream,
         issuer: String,
         config: Config,
+        config_text: String,
         opts: Options,
     ) -> Harness {
         let clock = opts
@@ -398,6 +401,7 @@ min_refetch_interval_s = 2
             admin,
             issuer,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            config_text,
             shutdown: Some(tx),
             task: Some(task),
         };
