@@ -94,9 +94,9 @@ impl Trace for Lines {
         });
     }
 
-    fn detail(&mut self, text: String) {
+    fn detail(&mut self, text: impl FnOnce() -> String) {
         if let Some(last) = self.0.last_mut() {
-            last.detail = format!("{}; {text}", last.detail);
+            last.detail = format!("{}; {}", last.detail, text());
         }
     }
 }

@@ -395,10 +395,11 @@ impl Authenticator {
                 leeway,
             });
         let window = window.and_then(|w| w.check(now).map(|()| w));
-        let described = window_detail(claims, now, leeway);
-        let window = step(t, "exp and nbf", window, |_| described.clone());
+        let window = step(t, "exp and nbf", window, |_| {
+            window_detail(claims, now, leeway)
+        });
         if window.is_err() {
-            t.detail(described);
+            t.detail(|| window_detail(claims, now, leeway));
         }
         let window = window?;
         let iat = match claims.iat {
@@ -426,7 +427,7 @@ impl Authenticator {
             ))
         };
         if audience.is_err() {
-            t.detail(format!("expected one of {:?}", cfg.audiences));
+            t.detail(|| format!("expected one of {:?}", cfg.audiences));
         }
         step(t, "audience", audience, |_| {
             if cfg.skip_audience_check {
@@ -489,8 +490,9 @@ pub trait Trace {
     fn pass(&mut self, check: &'static str, detail: impl FnOnce() -> String);
     /// `check` failed with `reject`.
     fn fail(&mut self, check: &'static str, reject: &Reject);
-    /// More about the check just reported (what was expected, how far off).
-    fn detail(&mut self, _text: String) {}
+    /// More about the check just reported (what was expected, how far off); `text` is
+    /// called only by traces that keep it.
+    fn detail(&mut self, _text: impl FnOnce() -> String) {}
 }
 
 /// The trace of the request path: reports nothing.

@@ -608,13 +608,15 @@ pub fn token_policy<T: Trace>(
         Some(_) => Ok(()),
     };
     if lifetime.is_err() {
-        t.detail(format!(
-            "at most {} s (exp − iat){}",
-            bound.max,
-            bound.earlier.map_or(String::new(), |(old, at)| format!(
-                ", {old} s for tokens issued before {at}"
-            ))
-        ));
+        t.detail(|| {
+            format!(
+                "at most {} s (exp − iat){}",
+                bound.max,
+                bound.earlier.map_or(String::new(), |(old, at)| format!(
+                    ", {old} s for tokens issued before {at}"
+                ))
+            )
+        });
     }
     step(t, "lifetime", lifetime, |_| {
         format!(
