@@ -156,12 +156,7 @@ async fn run(config: &Config, method: &str, token: &str, t: &mut Lines) -> Resul
     let Some(rev) = &config.revocation else {
         return token_policy(None, &fresh, t);
     };
-    let leeway = config
-        .issuers
-        .iter()
-        .map(|i| i.leeway_s as i64)
-        .max()
-        .unwrap_or(0);
+    let leeway = config.max_leeway_s();
     let restored = match &rev.snapshot_path {
         None => Err("no snapshot_path: the proxy's list lives in its memory only".to_owned()),
         Some(path) => match snapshot::load(path) {

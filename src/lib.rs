@@ -116,13 +116,7 @@ impl App {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let revocation = config.revocation.clone().map(|cfg| {
-            // Pruning and records from the future use the largest leeway of any issuer.
-            let leeway = config
-                .issuers
-                .iter()
-                .map(|i| i.leeway_s as i64)
-                .max()
-                .unwrap_or(0);
+            let leeway = config.max_leeway_s();
             Arc::new(Revocation::open(cfg, clock.clone(), &metrics, leeway))
         });
         let poller = match &revocation {

@@ -179,14 +179,7 @@ async fn idle_connections_are_closed_after_idle_timeout_but_busy_ones_are_not() 
         "closed too early: {elapsed:?}"
     );
 
-    let tcp = TcpStream::connect(h.proxy).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h2_client(h.proxy).await;
     let req = http::Request::get(h.url("/h2"))
         .header("authorization", format!("Bearer {token}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())

@@ -500,14 +500,7 @@ async fn absolute_form_and_authority_decide_host() {
     assert_eq!(seen.uri, "/p");
 
     // HTTP/2 with `:authority` and a conflicting `host` field.
-    let tcp = TcpStream::connect(h.proxy).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_client(h.proxy).await;
     let req = Request::get("http://orders.example/h2")
         .header("host", "admin.example")
         .header("authorization", format!("Bearer {token}"))

@@ -263,6 +263,19 @@ async fn native_feed_is_polled_with_a_cursor_and_reset_merges() {
     assert_eq!(h.metric(r#"jwtgate_revocations{kind="jti"}"#).await, 2.0);
 }
 
+/// jwtgate with one `profile = "wso2"` issuer holding `key`, and revocation (`lines` added).
+async fn wso2_gateway(key: &DevKey, lines: &str) -> Harness {
+    Harness::start_with(
+        jwks_of(&[(key, None)]),
+        Options {
+            issuer_extra: "profile = \"wso2\"".into(),
+            extra: revocation(lines),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
 fn wso2_claims(h: &Harness, entity_id: &str, client: &str) -> Value {
     let mut c = h.claims();
     c["entity_id"] = entity_id.into();
@@ -275,18 +288,10 @@ fn wso2_claims(h: &Harness, entity_id: &str, client: &str) -> Value {
 async fn wso2_feed_object_and_legacy_array_map_to_rules() {
     let key = DevKey::rsa("k");
     let feed = Feed::start().await;
-    let h = Harness::start_with(
-        jwks_of(&[(&key, None)]),
-        Options {
-            issuer_extra: "profile = \"wso2\"".into(),
-            extra: revocation(&format!(
+    let h = wso2_gateway(&key, &format!(
                 "feed_url = \"{}\"\nfeed_format = \"wso2\"\nfeed_username = \"admin\"\nfeed_password = \"admin\"\npoll_interval_s = 1\nmax_sync_age_s = 30",
                 feed.wso2_url()
-            )),
-            ..Options::default()
-        },
-    )
-    .await;
+            )).await;
     let n = now();
     let ms = |s: i64| s * 1000;
     let user_tok_c = wso2_claims(&h, "uuid-user-1", "ck-app-1");
@@ -357,13 +362,9 @@ async fn wso2_feed_object_and_legacy_array_map_to_rules() {
 #[tokio::test]
 async fn wso2_notify_events_are_authenticated_and_validated() {
     let key = DevKey::rsa("k");
-    let h = Harness::start_with(
-        jwks_of(&[(&key, None)]),
-        Options {
-            issuer_extra: "profile = \"wso2\"".into(),
-            extra: revocation("notify_username = \"km\"\nnotify_password = \"km-secret\""),
-            ..Options::default()
-        },
+    let h = wso2_gateway(
+        &key,
+        "notify_username = \"km\"\nnotify_password = \"km-secret\"",
     )
     .await;
     let n = now();
@@ -876,18 +877,10 @@ async fn push_only_corrupt_snapshot_is_stale_until_the_first_push() {
 async fn records_from_the_future_are_refused_by_every_source() {
     let key = DevKey::rsa("k");
     let feed = Feed::start().await;
-    let h = Harness::start_with(
-        jwks_of(&[(&key, None)]),
-        Options {
-            issuer_extra: "profile = \"wso2\"".into(),
-            extra: revocation(&format!(
+    let h = wso2_gateway(&key, &format!(
                 "feed_url = \"{}\"\npoll_interval_s = 1\nnotify_username = \"km\"\nnotify_password = \"km-secret\"",
                 feed.native_url()
-            )),
-            ..Options::default()
-        },
-    )
-    .await;
+            )).await;
     let n = now();
     let c = wso2_claims(&h, "uuid-f1", "ck-f1");
     let token = key.token(&c);

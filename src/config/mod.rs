@@ -463,6 +463,16 @@ impl Config {
         }
     }
 
+    /// The largest `leeway_s` of any issuer: revocation pruning and records from the
+    /// future allow this much clock skew.
+    pub fn max_leeway_s(&self) -> i64 {
+        self.issuers
+            .iter()
+            .map(|i| i.leeway_s as i64)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Issuers that opted out of the audience check: `serve` warns about each at start.
     pub fn issuers_without_audience_check(&self) -> impl Iterator<Item = &IssuerConfig> {
         self.issuers.iter().filter(|i| i.skip_audience_check)

@@ -119,21 +119,13 @@ impl KeyManager {
         listener: tokio::net::TcpListener,
     ) -> tokio::task::JoinHandle<()> {
         let km = self.clone();
-        tokio::spawn(crate::proxy::listener::serve(
-            "devkm",
+        super::spawn_serve(
             listener,
-            crate::proxy::listener::ConnLimits::internal(std::time::Duration::from_secs(10)),
-            |tcp| async move { Ok(tcp) },
-            move |_peer| {
+            hyper::service::service_fn(move |req| {
                 let km = km.clone();
-                hyper::service::service_fn(move |req| {
-                    let km = km.clone();
-                    async move { Ok::<_, std::convert::Infallible>(km.route(req).await) }
-                })
-            },
-            std::future::pending(),
-            std::time::Duration::ZERO,
-        ))
+                async move { Ok::<_, std::convert::Infallible>(km.route(req).await) }
+            }),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -25,18 +25,27 @@ where
     F: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
     let handler = Arc::new(handler);
+    spawn_serve(
+        listener,
+        hyper::service::service_fn(move |req| {
+            let resp = handler(req);
+            async move { Ok::<_, Infallible>(resp) }
+        }),
+    )
+}
+
+/// Serves `service` on `listener` (bounded like every listener) until the task is dropped.
+pub(crate) fn spawn_serve<S, B>(listener: TcpListener, service: S) -> tokio::task::JoinHandle<()>
+where
+    S: crate::proxy::listener::ConnService<B>,
+    B: crate::proxy::listener::ConnBody,
+{
     tokio::spawn(crate::proxy::listener::serve(
         "devkm",
         listener,
         crate::proxy::listener::ConnLimits::internal(std::time::Duration::from_secs(10)),
         |tcp| async move { Ok(tcp) },
-        move |_peer| {
-            let handler = handler.clone();
-            hyper::service::service_fn(move |req| {
-                let resp = handler(req);
-                async move { Ok::<_, Infallible>(resp) }
-            })
-        },
+        move |_peer| service.clone(),
         std::future::pending(),
         std::time::Duration::ZERO,
     ))

@@ -301,6 +301,45 @@ impl<B: Body> Body for TrackedBody<B> {
     }
 }
 
+/// What [`serve`] needs of a connection's service: answers every request (never fails),
+/// cloneable and sendable across the runtime's threads.
+pub trait ConnService<B>:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> ConnService<B> for S where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// What [`serve`] needs of a response body.
+pub trait ConnBody:
+    Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> ConnBody for B where
+    B: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
 /// Serves `listener` until `stop` resolves, then lets connections finish their in-flight
 /// requests for at most `drain`.
 ///
@@ -320,15 +359,8 @@ pub async fn serve<H, HF, IO, M, S, B>(
     HF: Future<Output = std::io::Result<IO>> + Send + 'static,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     M: Fn(SocketAddr) -> S,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService<B>,
+    B: ConnBody,
 {
     let builder = Arc::new(http_builder(&limits));
     let handshake = Arc::new(handshake);
@@ -444,15 +476,8 @@ async fn drive<IO, S, B>(
     mut drain_rx: tokio::sync::watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnService<B>,
+    B: ConnBody,
 {
     let io = TokioIo::new(Watched {
         io,
