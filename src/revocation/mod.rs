@@ -327,8 +327,14 @@ impl Revocation {
         }
         if !ready {
             // Until restored or synced, the list is stale: the proxy answers 503 under
-            // `on_stale = "reject"`, not only `/readyz`.
-            r.note_stale(true);
+            // `on_stale = "reject"`, not only `/readyz`. A cold start is routine (the first
+            // poll follows at once): info, not a warning.
+            r.stale.store(true, Ordering::Release);
+            r.metrics.stale.set(1);
+            tracing::info!(
+                on_stale = ?r.cfg.on_stale,
+                "revocation list not restored or synced yet: stale until a source syncs"
+            );
         }
         r
     }
