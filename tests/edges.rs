@@ -542,3 +542,32 @@ async fn cnf_bound_tokens_are_refused() {
     assert_eq!(h.status(&key.token(&c)).await, 200);
     assert_eq!(h.upstream.count(), 1);
 }
+
+/// An upgraded connection leaves the listener's connection count, so open tunnels have a
+/// cap of their own: `max_connections`. One over it is refused (502), nothing tunnelled.
+#[tokio::test]
+async fn open_tunnels_are_capped_at_max_connections() {
+    let key = DevKey::p256("k");
+    let up = SwitchingUpstream::start(Switch::Honour).await;
+    let h = in_front_of(&key, up.addr, "[limits]\nmax_connections = 2\n").await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (mut tcp, head) = raw(h.proxy, &websocket_head(&bearer(&key.token(&h.claims())))).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(echo_works(&mut tcp).await);
+        open.push(tcp);
+    }
+    let (mut third, head) = raw(h.proxy, &websocket_head(&bearer(&key.token(&h.claims())))).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(!echo_works(&mut third).await);
+    // Closing one frees its place.
+    drop(open.pop());
+    assert!(
+        h.eventually(5, || async {
+            let (mut tcp, head) =
+                raw(h.proxy, &websocket_head(&bearer(&key.token(&h.claims())))).await;
+            head.starts_with("HTTP/1.1 101") && echo_works(&mut tcp).await
+        })
+        .await
+    );
+}

@@ -127,6 +127,9 @@ pub struct Proxy {
     claims_header: HeaderName,
     strip_authorization: bool,
     trusted_proxies: Vec<Cidr>,
+    /// Open WebSocket tunnels, at most `max_connections` (an upgraded connection leaves
+    /// the listener's count).
+    tunnels: Arc<tokio::sync::Semaphore>,
     retry_after: HeaderValue,
     metrics: Arc<ProxyMetrics>,
 }
@@ -160,6 +163,7 @@ impl Proxy {
             claims_header: config.forward.claims_header.clone(),
             strip_authorization: config.forward.strip_authorization,
             trusted_proxies: config.server.trusted_proxies.clone(),
+            tunnels: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
             retry_after: HeaderValue::from(config.jwks.min_refetch_interval.as_secs().clamp(1, 60)),
             metrics: Arc::new(ProxyMetrics::register(metrics)),
         }
@@ -487,12 +491,19 @@ impl Proxy {
                 tracing::warn!("upstream 101 does not complete the WebSocket handshake; refused");
                 return self.upstream_failed(UpstreamErrorKind::Other);
             }
+            let Ok(permit) = self.tunnels.clone().try_acquire_owned() else {
+                tracing::warn!("max_connections tunnels already open; handshake refused");
+                return self.upstream_failed(UpstreamErrorKind::Other);
+            };
             headers::strip_hop_by_hop(resp.headers_mut(), true);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(
-                self.clone()
-                    .tunnel(client_upgrade, upstream_upgrade, verified),
-            );
+            let tunnel = self
+                .clone()
+                .tunnel(client_upgrade, upstream_upgrade, verified);
+            tokio::spawn(async move {
+                tunnel.await;
+                drop(permit);
+            });
         } else {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
         }
