@@ -253,6 +253,58 @@ pub struct Revocation {
     dirty_signal: tokio::sync::Notify,
 }
 
+/// What a start finds on disk.
+struct Start {
+    list: RevocationList,
+    cursor: Option<String>,
+    stored_bound: Option<LifetimeBound>,
+    /// Restored, or nothing to wait for (push only, nothing ever held).
+    ready: bool,
+}
+
+/// Restores the snapshot, if any. A corrupt one is moved aside and the list starts empty,
+/// not ready until a source has synced.
+fn restore(cfg: &RevocationConfig, now: i64) -> Start {
+    let fresh = |ready| Start {
+        list: RevocationList::new(),
+        cursor: None,
+        stored_bound: None,
+        ready,
+    };
+    match cfg.snapshot_path.as_deref().map(snapshot::load) {
+        None => fresh(cfg.feed.is_none()),
+        Some(Ok(None)) => {
+            tracing::info!("no revocation snapshot yet; waiting for a first sync");
+            // Nothing was ever held here: with only push as a source, nothing to wait for.
+            fresh(cfg.feed.is_none())
+        }
+        Some(Ok(Some(restored))) => {
+            tracing::info!(
+                records = restored.list.len(),
+                "revocation snapshot restored"
+            );
+            Start {
+                list: restored.list,
+                cursor: restored.cursor,
+                stored_bound: restored.bound,
+                ready: true,
+            }
+        }
+        Some(Err(e)) => {
+            let aside = cfg
+                .snapshot_path
+                .as_deref()
+                .and_then(|p| snapshot::move_aside(p, now));
+            tracing::error!(
+                error = %e,
+                moved_to = ?aside,
+                "revocation snapshot unusable; moved aside, not ready until a source syncs"
+            );
+            fresh(false)
+        }
+    }
+}
+
 impl Revocation {
     /// Restores the snapshot (if any) and returns the service, ready or not.
     pub fn open(
@@ -262,40 +314,12 @@ impl Revocation {
         leeway: i64,
     ) -> Revocation {
         let now = clock.now();
-        let mut ready = cfg.feed.is_none() && cfg.snapshot_path.is_none();
-        let mut cursor = None;
-        let mut stored_bound = None;
-        let list = match cfg.snapshot_path.as_deref().map(snapshot::load) {
-            None => RevocationList::new(),
-            Some(Ok(None)) => {
-                tracing::info!("no revocation snapshot yet; waiting for a first sync");
-                // Nothing was ever held here: with only push as a source, nothing to wait for.
-                ready = cfg.feed.is_none();
-                RevocationList::new()
-            }
-            Some(Ok(Some(restored))) => {
-                tracing::info!(
-                    records = restored.list.len(),
-                    "revocation snapshot restored"
-                );
-                ready = true;
-                cursor = restored.cursor;
-                stored_bound = restored.bound;
-                restored.list
-            }
-            Some(Err(e)) => {
-                let aside = cfg
-                    .snapshot_path
-                    .as_deref()
-                    .and_then(|p| snapshot::move_aside(p, now));
-                tracing::error!(
-                    error = %e,
-                    moved_to = ?aside,
-                    "revocation snapshot unusable; moved aside, not ready until a source syncs"
-                );
-                RevocationList::new()
-            }
-        };
+        let Start {
+            list,
+            cursor,
+            stored_bound,
+            ready,
+        } = restore(&cfg, now);
         let bound =
             LifetimeBound::carry(stored_bound, cfg.max_token_lifetime_s as i64, now, leeway);
         if let Some((old, raised_at)) = bound.earlier {
