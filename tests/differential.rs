@@ -1,0 +1,271 @@
+//! jwtgate against an independent JOSE stack: PyJWT with `cryptography` (OpenSSL) decides
+//! whether each token's signature is valid under the key and algorithm; jwtgate's
+//! `Authenticator::verify` decides whether it accepts the token. Thousands of generated
+//! tokens and mutations of them (bit flips, signature swaps, re-encodings, alg and kid
+//! changes, segment surgery) must get the same verdict, except where jwtgate is documented
+//! to be stricter — every such difference is named in `stricter` below with its reason.
+//!
+//! Needs python3 with `pyjwt` and `cryptography` (`.ci/run` installs them in `.venv`);
+//! outside CI the test says SKIPPED when they are missing.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use jwtgate::auth::{Authenticator, SystemClock};
+use jwtgate::config::{Algorithm, Config};
+use jwtgate::devkm::DevKey;
+use jwtgate::devkm::keys::b64;
+use jwtgate::jwks::{IssuerKeys, JwksMetrics};
+use jwtgate::metrics::Metrics;
+use jwtgate::reject::Reason;
+use serde_json::json;
+
+const ISSUER: &str = "https://km.example.com/oauth2/token";
+
+/// PyJWT's verdict on each `{"token", "jwk", "alg"}` line: 1 verified, 0 refused.
+const PYJWT: &str = r#"
+import json, sys
+import jwt
+out = []
+for line in sys.stdin:
+    case = json.loads(line)
+    try:
+        key = jwt.PyJWK(case["jwk"], algorithm=case["alg"]).key
+        jwt.decode(case["token"], key, algorithms=[case["alg"]],
+                   options={"verify_signature": True, "verify_exp": False,
+                            "verify_nbf": False, "verify_iat": False,
+                            "verify_aud": False, "verify_iss": False})
+        out.append("1")
+    except Exception:
+        out.append("0")
+print("\n".join(out))
+"#;
+
+fn python() -> Option<String> {
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let candidates = [venv.to_owned(), "python3".to_owned()];
+    for py in candidates {
+        let ok = Command::new(&py)
+            .args(["-c", "import jwt, cryptography"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(py);
+        }
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("python3 with pyjwt and cryptography is required in CI");
+    }
+    eprintln!("SKIPPED: pyjwt/cryptography not installed (pip install pyjwt cryptography)");
+    None
+}
+
+struct Case {
+    token: String,
+    key: usize,
+    alg: Algorithm,
+    what: &'static str,
+}
+
+/// Mutations of a valid token that keep it a plausible token.
+fn mutations(token: &str, other: &str, n: u64) -> Vec<(String, &'static str)> {
+    let parts: Vec<&str> = token.split('.').collect();
+    let (h, p, s) = (parts[0], parts[1], parts[2]);
+    let mut out = vec![(token.to_owned(), "as signed")];
+    // A bit flip in the signature bytes.
+    let mut sig = base64_decode(s);
+    let i = (n as usize) % sig.len();
+    sig[i] ^= 1 << (n % 8);
+    out.push((format!("{h}.{p}.{}", b64(&sig)), "signature bit flip"));
+    // Another token's signature.
+    let other_sig = other.rsplit('.').next().unwrap_or_default();
+    out.push((format!("{h}.{p}.{other_sig}"), "signature of another token"));
+    // A bit flip in the payload bytes.
+    let mut payload = base64_decode(p);
+    let j = (n as usize * 7) % payload.len();
+    payload[j] ^= 1 << (n % 7);
+    out.push((format!("{h}.{}.{s}", b64(&payload)), "payload bit flip"));
+    // Padding added to the signature segment (not base64url as RFC 7515 §2 defines it).
+    out.push((format!("{h}.{p}.{s}=="), "padded signature"));
+    // Standard-alphabet re-encoding of the signature.
+    out.push((
+        format!("{h}.{p}.{}", s.replace('-', "+").replace('_', "/")),
+        "standard base64 alphabet",
+    ));
+    // Truncated and empty signatures.
+    out.push((
+        format!("{h}.{p}.{}", &s[..s.len() / 2]),
+        "truncated signature",
+    ));
+    out.push((format!("{h}.{p}."), "empty signature"));
+    // Segments swapped.
+    out.push((format!("{p}.{h}.{s}"), "header and payload swapped"));
+    out
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .unwrap()
+}
+
+/// jwtgate is documented to be stricter than a JOSE library here (README "How a token is
+/// checked"); PyJWT's `base64url_decode` pads and accepts what jwtgate's alphabet check
+/// refuses.
+fn stricter(what: &str, reason: Reason) -> Option<&'static str> {
+    match (what, reason) {
+        ("padded signature", Reason::Malformed) => {
+            Some("base64url without padding only (RFC 7515 §2); PyJWT strips '='")
+        }
+        ("standard base64 alphabet", Reason::Malformed) => {
+            Some("base64url alphabet only; Python's decoder also takes + and /")
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn verdicts_agree_with_pyjwt() {
+    let Some(py) = python() else {
+        return;
+    };
+    let keys = [
+        DevKey::rsa("rsa"),
+        DevKey::p256("p256"),
+        DevKey::p384("p384"),
+        DevKey::ed25519("ed"),
+    ];
+    let algs: &[(usize, Algorithm)] = &[
+        (0, Algorithm::RS256),
+        (0, Algorithm::RS384),
+        (0, Algorithm::RS512),
+        (0, Algorithm::PS256),
+        (0, Algorithm::PS384),
+        (0, Algorithm::PS512),
+        (1, Algorithm::ES256),
+        (2, Algorithm::ES384),
+        (3, Algorithm::EdDSA),
+    ];
+    let text = format!(
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[[issuers]]\nname = \"km\"\nissuer = \"{ISSUER}\"\njwks_uri = \"http://127.0.0.1:9/jwks\"\nskip_audience_check = true\nalgorithms = [\"RS256\", \"RS384\", \"RS512\", \"PS256\", \"PS384\", \"PS512\", \"ES256\", \"ES384\", \"EdDSA\"]\n"
+    );
+    let config = Config::from_toml_str(&text, &|_| None).unwrap();
+    let metrics = Metrics::new();
+    let ik = Arc::new(
+        IssuerKeys::new(
+            &config.issuers[0],
+            &config.jwks,
+            JwksMetrics::register(&metrics).issuer("km"),
+            Arc::new(SystemClock),
+        )
+        .unwrap(),
+    );
+    let jwks = json!({"keys": keys.iter().map(|k| k.public_jwk(None)).collect::<Vec<_>>()});
+    ik.load_document(jwks.to_string().as_bytes()).unwrap();
+    let auth = Authenticator::new(&config, &[ik], Arc::new(SystemClock), &metrics);
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut cases = Vec::new();
+    for n in 0..40u64 {
+        for (k, alg) in algs {
+            let claims = |i: u64| json!({"iss": ISSUER, "sub": format!("user-{n}-{i}"), "exp": now + 600, "iat": now, "jti": format!("{n}-{i}")});
+            let token = keys[*k].token_with(*alg, json!({}), &claims(0));
+            let other = keys[*k].token_with(*alg, json!({}), &claims(1));
+            for (t, what) in mutations(&token, &other, n) {
+                cases.push(Case {
+                    token: t,
+                    key: *k,
+                    alg: *alg,
+                    what,
+                });
+            }
+            // The header's alg changed to another algorithm of the same key family, or to
+            // one of another family (the key then does not fit).
+            let swapped = match alg {
+                Algorithm::RS256 => Algorithm::PS256,
+                Algorithm::PS256 => Algorithm::RS256,
+                Algorithm::ES256 => Algorithm::ES384,
+                _ => Algorithm::RS256,
+            };
+            let header = b64(
+                json!({"alg": swapped.name(), "kid": keys[*k].kid, "typ": "at+jwt"})
+                    .to_string()
+                    .as_bytes(),
+            );
+            let rest = token.split_once('.').unwrap().1;
+            cases.push(Case {
+                token: format!("{header}.{rest}"),
+                key: *k,
+                alg: swapped,
+                what: "header alg changed",
+            });
+        }
+    }
+
+    // PyJWT, in one batch.
+    let mut input = String::new();
+    for c in &cases {
+        let line =
+            json!({"token": c.token, "jwk": keys[c.key].public_jwk(None), "alg": c.alg.name()});
+        input.push_str(&line.to_string());
+        input.push('\n');
+    }
+    let mut child = Command::new(&py)
+        .args(["-c", PYJWT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let verdicts: Vec<bool> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l == "1")
+        .collect();
+    assert_eq!(verdicts.len(), cases.len(), "one PyJWT verdict per case");
+
+    let mut agreed = 0;
+    let mut documented = std::collections::BTreeMap::<&str, usize>::new();
+    for (c, pyjwt_ok) in cases.iter().zip(&verdicts) {
+        let ours = auth
+            .verify(&c.token)
+            .await
+            .map(|_| ())
+            .map_err(|r| r.reason);
+        match (ours, pyjwt_ok) {
+            (Ok(()), true) | (Err(_), false) => agreed += 1,
+            (Ok(()), false) => panic!(
+                "{}: jwtgate accepted a token PyJWT refuses ({:?})",
+                c.what, c.alg
+            ),
+            (Err(reason), true) => {
+                let why = stricter(c.what, reason).unwrap_or_else(|| {
+                    panic!(
+                        "{}: jwtgate refused ({}) a token PyJWT verifies ({:?})",
+                        c.what,
+                        reason.label(),
+                        c.alg
+                    )
+                });
+                *documented.entry(why).or_default() += 1;
+            }
+        }
+    }
+    println!(
+        "differential: {} cases, {agreed} same verdict, documented stricter: {documented:?}",
+        cases.len()
+    );
+    assert!(cases.len() >= 3000);
+    // Both sides must have seen valid and invalid tokens, or the test proves nothing.
+    assert!(verdicts.iter().any(|v| *v) && verdicts.iter().any(|v| !*v));
+}
