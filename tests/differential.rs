@@ -269,3 +269,135 @@ async fn verdicts_agree_with_pyjwt() {
     // Both sides must have seen valid and invalid tokens, or the test proves nothing.
     assert!(verdicts.iter().any(|v| *v) && verdicts.iter().any(|v| !*v));
 }
+
+/// The claim rules against jsonwebtoken's own `decode` with the equivalent `Validation`
+/// (exp, iss and aud required, nbf checked, `iss` and `aud` pinned, the same 30 s leeway): signed valid
+/// tokens whose claims and header are edited one at a time. Differences only where jwtgate
+/// is documented to be stricter, each named.
+#[tokio::test]
+async fn claim_rules_agree_with_jsonwebtoken() {
+    const AUD: &str = "api://orders";
+    let key = DevKey::p256("p256");
+    let text = format!(
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[[issuers]]\nname = \"km\"\nissuer = \"{ISSUER}\"\njwks_uri = \"http://127.0.0.1:9/jwks\"\naudiences = [\"{AUD}\"]\nalgorithms = [\"ES256\"]\nleeway_s = 30\n"
+    );
+    let config = Config::from_toml_str(&text, &|_| None).unwrap();
+    let metrics = Metrics::new();
+    let ik = Arc::new(
+        IssuerKeys::new(
+            &config.issuers[0],
+            &config.jwks,
+            JwksMetrics::register(&metrics).issuer("km"),
+            Arc::new(SystemClock),
+        )
+        .unwrap(),
+    );
+    let jwk = key.public_jwk(None);
+    ik.load_document(json!({ "keys": [jwk] }).to_string().as_bytes())
+        .unwrap();
+    let auth = Authenticator::new(&config, &[ik], Arc::new(SystemClock), &metrics);
+
+    let reference_key =
+        jsonwebtoken::DecodingKey::from_jwk(&serde_json::from_value(jwk).unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.leeway = 30;
+    validation.validate_nbf = true;
+    validation.set_audience(&[AUD]);
+    validation.set_issuer(&[ISSUER]);
+    // jwtgate requires `aud` and `iss`; jsonwebtoken checks them only when present
+    // unless they are required, so they are required here.
+    validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let base = json!({"iss": ISSUER, "aud": AUD, "sub": "alice", "iat": now - 5, "nbf": now - 5, "exp": now + 600, "jti": "j"});
+    type Edit = (&'static str, serde_json::Value, serde_json::Value);
+    let edits: Vec<Edit> = vec![
+        ("as issued", json!({}), json!({})),
+        ("expired long ago", json!({}), json!({"exp": now - 3600})),
+        (
+            "expired within the leeway",
+            json!({}),
+            json!({"exp": now - 10}),
+        ),
+        (
+            "expired past the leeway",
+            json!({}),
+            json!({"exp": now - 50}),
+        ),
+        ("no exp", json!({}), json!({"exp": null})),
+        (
+            "exp as a string",
+            json!({}),
+            json!({"exp": (now + 600).to_string()}),
+        ),
+        ("nbf within the leeway", json!({}), json!({"nbf": now + 10})),
+        ("nbf past the leeway", json!({}), json!({"nbf": now + 60})),
+        ("other audience", json!({}), json!({"aud": "api://other"})),
+        (
+            "audience in an array",
+            json!({}),
+            json!({"aud": ["x", AUD]}),
+        ),
+        ("no audience", json!({}), json!({"aud": null})),
+        (
+            "other issuer",
+            json!({}),
+            json!({"iss": "https://evil.example"}),
+        ),
+        ("iat in the future", json!({}), json!({"iat": now + 600})),
+        (
+            "refresh token claim",
+            json!({}),
+            json!({"token_type": "refresh_token"}),
+        ),
+        ("refresh token typ", json!({"typ": "rt+jwt"}), json!({})),
+        ("unknown typ", json!({"typ": "foo"}), json!({})),
+        ("crit header", json!({"crit": ["exp"]}), json!({})),
+    ];
+    let mut documented = Vec::new();
+    for (what, header, claims) in &edits {
+        let mut c = base.clone();
+        for (k, v) in claims.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        let token = key.token_with(Algorithm::ES256, header.clone(), &c);
+        let ours = auth.verify(&token).await.map(|_| ()).map_err(|r| r.reason);
+        let reference =
+            jsonwebtoken::decode::<serde_json::Value>(&token, &reference_key, &validation).is_ok();
+        match (ours, reference) {
+            (Ok(()), true) | (Err(_), false) => {}
+            (Ok(()), false) => panic!("{what}: jwtgate accepted what jsonwebtoken refuses"),
+            (Err(reason), true) => {
+                let why = match (*what, reason) {
+                    ("iat in the future", Reason::IssuedInFuture) => {
+                        "an iat past now + leeway is refused (jsonwebtoken does not check iat)"
+                    }
+                    ("refresh token claim", Reason::RefreshToken)
+                    | ("refresh token typ", Reason::RefreshToken) => {
+                        "refresh tokens are never access tokens (DESIGN §4)"
+                    }
+                    ("unknown typ", Reason::Typ) => "header typ must be on the issuer's typ list",
+                    ("crit header", Reason::Malformed) => {
+                        "no crit extension is understood, so any crit is refused (RFC 7515 §4.1.11)"
+                    }
+                    _ => panic!(
+                        "{what}: jwtgate refused ({}) what jsonwebtoken accepts",
+                        reason.label()
+                    ),
+                };
+                documented.push((*what, why));
+            }
+        }
+    }
+    println!(
+        "claim rules: {} edits, documented stricter: {documented:#?}",
+        edits.len()
+    );
+}
