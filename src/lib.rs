@@ -39,6 +39,8 @@ pub mod clock;
 pub mod config;
 pub mod devkm;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod hashing;
 pub mod hop;
 pub mod inject;
