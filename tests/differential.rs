@@ -19,7 +19,7 @@ use jwtgate::devkm::keys::b64;
 use jwtgate::jwks::{IssuerKeys, JwksMetrics};
 use jwtgate::metrics::Metrics;
 use jwtgate::reject::Reason;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const ISSUER: &str = "https://km.example.com/oauth2/token";
 
@@ -400,4 +400,50 @@ async fn claim_rules_agree_with_jsonwebtoken() {
         "claim rules: {} edits, documented stricter: {documented:#?}",
         edits.len()
     );
+
+    // Then 2,000 tokens with every claim drawn at random (offsets kept clear of the
+    // leeway boundaries, so a clock tick between the two verdicts cannot split them).
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut pick = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let offsets_exp = [Some(-3600), Some(-50), Some(-10), Some(10), Some(600), None];
+    let offsets_nbf = [None, Some(-5), Some(10), Some(60)];
+    let offsets_iat = [None, Some(-5), Some(10), Some(600)];
+    let auds = [
+        json!(AUD),
+        json!("api://other"),
+        json!(["x", AUD]),
+        json!([]),
+        Value::Null,
+    ];
+    let issuers = [json!(ISSUER), json!("https://evil.example"), Value::Null];
+    let (mut same, mut stricter_iat) = (0, 0);
+    for _ in 0..2000 {
+        let mut c = json!({"sub": "alice", "jti": "j"});
+        let set = |c: &mut Value, k: &str, v: Option<Value>| {
+            if let Some(v) = v.filter(|v| !v.is_null()) {
+                c[k] = v;
+            }
+        };
+        set(&mut c, "exp", offsets_exp[pick(6)].map(|o| json!(now + o)));
+        set(&mut c, "nbf", offsets_nbf[pick(4)].map(|o| json!(now + o)));
+        let iat = offsets_iat[pick(4)];
+        set(&mut c, "iat", iat.map(|o| json!(now + o)));
+        set(&mut c, "aud", Some(auds[pick(5)].clone()));
+        set(&mut c, "iss", Some(issuers[pick(3)].clone()));
+        let token = key.token_with(Algorithm::ES256, json!({}), &c);
+        let ours = auth.verify(&token).await.map(|_| ()).map_err(|r| r.reason);
+        let reference = jsonwebtoken::decode::<Value>(&token, &reference_key, &validation).is_ok();
+        match (ours, reference) {
+            (Ok(()), true) | (Err(_), false) => same += 1,
+            (Err(Reason::IssuedInFuture), true) if iat.is_some_and(|o| o > 30) => stricter_iat += 1,
+            (ours, _) => panic!("claims {c}: jwtgate {ours:?}, jsonwebtoken {reference}"),
+        }
+    }
+    println!("random claims: 2000 tokens, {same} same verdict, {stricter_iat} iat in the future");
+    assert!(same > 1000);
 }
