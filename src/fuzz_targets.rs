@@ -2,12 +2,11 @@
 //! (`tests/fuzz_corpora.rs`): each takes attacker- or network-fed bytes into one parser or
 //! decision the product runs, and must never panic, whatever the bytes. Not an API.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use crate::auth::Authenticator;
-use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::jwks::{IssuerKeys, JwksMetrics, KeySet};
+use crate::jwks::KeySet;
 use crate::metrics::Metrics;
 use crate::revocation::{record, snapshot};
 
@@ -111,14 +110,6 @@ audiences = ["api://orders"]
 algorithms = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
 "#;
         let config = Config::from_toml_str(text, &|_| None).expect("the fuzz config is valid");
-        let metrics = Metrics::new();
-        let keys = IssuerKeys::new(
-            &config.issuers[0],
-            &config.jwks,
-            JwksMetrics::register(&metrics).issuer("km"),
-            Arc::new(SystemClock),
-        )
-        .expect("no CA file to read");
         let devkeys = [
             crate::devkm::DevKey::rsa("rsa"),
             crate::devkm::DevKey::p256("p256"),
@@ -128,7 +119,7 @@ algorithms = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
         let doc = serde_json::json!({
             "keys": devkeys.iter().map(|k| k.public_jwk(None)).collect::<Vec<_>>()
         });
-        let _ = keys.load_document(doc.to_string().as_bytes());
-        Authenticator::new(&config, &[Arc::new(keys)], Arc::new(SystemClock), &metrics)
+        Authenticator::with_key_document(&config, doc.to_string().as_bytes(), &Metrics::new())
+            .expect("the development keys load")
     })
 }

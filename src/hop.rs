@@ -39,3 +39,15 @@ pub fn is_reserved(name: &HeaderName) -> bool {
         ]
         .contains(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names() {
+        assert!(is_reserved(&header::AUTHORIZATION));
+        assert!(is_reserved(&HeaderName::from_static("connection")));
+        assert!(!is_reserved(&HeaderName::from_static("x-jwt-payload")));
+    }
+}

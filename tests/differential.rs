@@ -10,13 +10,11 @@
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
-use jwtgate::auth::{Authenticator, SystemClock};
+use jwtgate::auth::Authenticator;
 use jwtgate::config::{Algorithm, Config};
 use jwtgate::devkm::DevKey;
 use jwtgate::devkm::keys::b64;
-use jwtgate::jwks::{IssuerKeys, JwksMetrics};
 use jwtgate::metrics::Metrics;
 use jwtgate::reject::Reason;
 use serde_json::{Value, json};
@@ -41,6 +39,12 @@ for line in sys.stdin:
         out.append("0")
 print("\n".join(out))
 "#;
+
+/// jwtgate's verdict-maker for `config_text`, with the keys of `jwks` (no key manager).
+fn authenticator(config_text: &str, jwks: &Value) -> Authenticator {
+    let config = Config::from_toml_str(config_text, &|_| None).unwrap();
+    Authenticator::with_key_document(&config, jwks.to_string().as_bytes(), &Metrics::new()).unwrap()
+}
 
 fn python() -> Option<String> {
     let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
@@ -151,20 +155,8 @@ async fn verdicts_agree_with_pyjwt() {
     let text = format!(
         "[upstream]\nurl = \"http://127.0.0.1:9\"\n[[issuers]]\nname = \"km\"\nissuer = \"{ISSUER}\"\njwks_uri = \"http://127.0.0.1:9/jwks\"\nskip_audience_check = true\nalgorithms = [\"RS256\", \"RS384\", \"RS512\", \"PS256\", \"PS384\", \"PS512\", \"ES256\", \"ES384\", \"EdDSA\"]\n"
     );
-    let config = Config::from_toml_str(&text, &|_| None).unwrap();
-    let metrics = Metrics::new();
-    let ik = Arc::new(
-        IssuerKeys::new(
-            &config.issuers[0],
-            &config.jwks,
-            JwksMetrics::register(&metrics).issuer("km"),
-            Arc::new(SystemClock),
-        )
-        .unwrap(),
-    );
     let jwks = json!({"keys": keys.iter().map(|k| k.public_jwk(None)).collect::<Vec<_>>()});
-    ik.load_document(jwks.to_string().as_bytes()).unwrap();
-    let auth = Authenticator::new(&config, &[ik], Arc::new(SystemClock), &metrics);
+    let auth = authenticator(&text, &jwks);
 
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -281,21 +273,8 @@ async fn claim_rules_agree_with_jsonwebtoken() {
     let text = format!(
         "[upstream]\nurl = \"http://127.0.0.1:9\"\n[[issuers]]\nname = \"km\"\nissuer = \"{ISSUER}\"\njwks_uri = \"http://127.0.0.1:9/jwks\"\naudiences = [\"{AUD}\"]\nalgorithms = [\"ES256\"]\nleeway_s = 30\n"
     );
-    let config = Config::from_toml_str(&text, &|_| None).unwrap();
-    let metrics = Metrics::new();
-    let ik = Arc::new(
-        IssuerKeys::new(
-            &config.issuers[0],
-            &config.jwks,
-            JwksMetrics::register(&metrics).issuer("km"),
-            Arc::new(SystemClock),
-        )
-        .unwrap(),
-    );
     let jwk = key.public_jwk(None);
-    ik.load_document(json!({ "keys": [jwk] }).to_string().as_bytes())
-        .unwrap();
-    let auth = Authenticator::new(&config, &[ik], Arc::new(SystemClock), &metrics);
+    let auth = authenticator(&text, &json!({ "keys": [jwk] }));
 
     let reference_key =
         jsonwebtoken::DecodingKey::from_jwk(&serde_json::from_value(jwk).unwrap()).unwrap();

@@ -214,6 +214,30 @@ impl Authenticator {
         }
     }
 
+    /// An authenticator whose single issuer (the config's first) has the keys of `jwks`,
+    /// installed as if fetched: no key manager is contacted. For benchmarks, fuzzing and
+    /// tests that need a verdict without sockets.
+    pub fn with_key_document(
+        config: &Config,
+        jwks: &[u8],
+        metrics: &Metrics,
+    ) -> Result<Authenticator, String> {
+        let issuer = config.issuers.first().ok_or("the config has no issuer")?;
+        let keys = IssuerKeys::new(
+            issuer,
+            &config.jwks,
+            crate::jwks::JwksMetrics::register(metrics).issuer(&issuer.name),
+            Arc::new(SystemClock),
+        )?;
+        keys.load_document(jwks)?;
+        Ok(Authenticator::new(
+            config,
+            &[Arc::new(keys)],
+            Arc::new(SystemClock),
+            metrics,
+        ))
+    }
+
     /// The configuration of issuer `i` (as in `Verified::issuer`).
     pub fn issuer(&self, i: usize) -> &IssuerConfig {
         &self.issuers[i].cfg

@@ -488,12 +488,7 @@ impl Revocation {
     fn note_stale(&self, stale: bool) {
         let was = self.stale.swap(stale, Ordering::AcqRel);
         self.metrics.stale.set(i64::from(stale));
-        if stale && !was && !self.is_ready() {
-            tracing::warn!(
-                on_stale = ?self.cfg.on_stale,
-                "revocation list not restored or synced yet: it is stale until a source syncs"
-            );
-        } else if stale && !was {
+        if stale && !was {
             tracing::warn!(
                 max_sync_age_s = self.cfg.max_sync_age.as_secs(),
                 on_stale = ?self.cfg.on_stale,
