@@ -571,3 +571,37 @@ async fn open_tunnels_are_capped_at_max_connections() {
         .await
     );
 }
+
+/// The same header rules over HTTP/2: an override header is a 400 before the token is
+/// read, and an `_` spelling of the claims header never reaches the app.
+#[tokio::test]
+async fn header_rules_hold_over_http2() {
+    let key = DevKey::p256("k");
+    let h = Harness::start(jwks_of(&[(&key, None)])).await;
+    let token = key.token(&h.claims());
+    let (mut send, _conn) = h2_client(h.proxy).await;
+    let req = |extra: (&str, &str)| {
+        Request::get(format!("http://{}/p", h.proxy))
+            .header("authorization", format!("Bearer {token}"))
+            .header(extra.0, extra.1)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let resp = send
+        .send_request(req(("x-http-method-override", "DELETE")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(h.upstream.count(), 0);
+    let resp = send
+        .send_request(req(("x_jwt_payload", "forged")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last();
+    assert!(!seen.headers.contains_key("x_jwt_payload"));
+    assert_eq!(
+        seen.headers["x-jwt-payload"],
+        token.split('.').nth(1).unwrap()
+    );
+}
