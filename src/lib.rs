@@ -48,6 +48,8 @@ pub mod inspect;
 pub mod jose;
 pub mod jwks;
 pub mod metrics;
+pub mod path;
+pub mod policy;
 pub mod proxy;
 pub mod reject;
 pub mod revocation;

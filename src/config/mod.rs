@@ -17,6 +17,7 @@ use std::time::Duration;
 pub use crate::jose::{Algorithm, normalize_typ};
 
 mod env;
+mod policy;
 mod raw;
 mod validate;
 
@@ -25,6 +26,11 @@ use http::header::HeaderName;
 use raw::*;
 use serde::Serialize;
 use validate::*;
+
+pub use policy::{
+    AuthMode, ClaimHeader, ClaimPath, ClaimRule, CorsPreflight, PathMatch, PolicyConfig,
+    RouteConfig, TokenConfig, TokenSource,
+};
 
 /// One problem in the config, named by the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +97,10 @@ pub struct Config {
     pub forward: ForwardConfig,
     /// `None` when the file has no `[revocation]` section: revocation is off.
     pub revocation: Option<RevocationConfig>,
+    pub policy: PolicyConfig,
+    /// In match order: the first route that matches decides.
+    pub routes: Vec<RouteConfig>,
+    pub token: TokenConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -233,6 +243,9 @@ pub struct ForwardConfig {
     #[serde(serialize_with = "ser_display")]
     pub claims_header: HeaderName,
     pub strip_authorization: bool,
+    /// Upstream header ← claim, in config order.
+    #[serde(serialize_with = "policy::ser_claim_headers")]
+    pub claim_headers: Vec<ClaimHeader>,
 }
 
 /// A secret string: never printed, never in `Debug`, redacted by `jwtgate check`.
@@ -314,7 +327,10 @@ fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error>
 fn ser_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis() as u64)
 }
-fn ser_display<T: fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_display<T: fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
@@ -328,6 +344,9 @@ const SECTIONS: &[&str] = &[
     "limits",
     "forward",
     "revocation",
+    "policy",
+    "routes",
+    "token",
 ];
 
 /// Collects problems while the config is being read.
@@ -383,22 +402,15 @@ impl Config {
         let jwks: RawJwks = section(&root, "jwks", &mut p);
         let cache: RawCache = section(&root, "cache", &mut p);
         let limits: RawLimits = section(&root, "limits", &mut p);
-        let forward: RawForward = section(&root, "forward", &mut p);
+        let mut forward: RawForward = section(&root, "forward", &mut p);
+        let raw_policy: RawPolicy = section(&root, "policy", &mut p);
+        let token: RawToken = section(&root, "token", &mut p);
         let revocation: Option<RawRevocation> = root
             .contains_key("revocation")
             .then(|| section(&root, "revocation", &mut p));
-        let issuers: Vec<RawIssuer> = match root.get("issuers") {
-            None => Vec::new(),
-            Some(toml::Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| typed(v.clone(), &format!("issuers[{i}]"), &mut p))
-                .collect(),
-            Some(_) => {
-                p.push("issuers", "must be an array of tables: write [[issuers]]");
-                Vec::new()
-            }
-        };
+        let issuers: Vec<RawIssuer> = tables(&root, "issuers", &mut p);
+        let routes: Vec<RawRoute> = tables(&root, "routes", &mut p);
+        let claim_headers = forward.claim_headers.take();
 
         let config = Config {
             server: validate_server(server, &mut p),
@@ -411,7 +423,20 @@ impl Config {
             limits: validate_limits(limits, &mut p),
             forward: validate_forward(forward, &mut p),
             revocation: revocation.map(|r| validate_revocation(r, &mut p)),
+            policy: policy::validate_policy(raw_policy, &mut p),
+            routes: Vec::new(),
+            token: TokenConfig {
+                sources: policy::validate_sources(token.sources, &mut p),
+            },
         };
+        let mut config = config;
+        config.routes = policy::validate_routes(routes, &config.issuers, &mut p);
+        config.forward.claim_headers = policy::validate_claim_headers(
+            claim_headers,
+            &config.forward.claims_header,
+            &config.token.sources,
+            &mut p,
+        );
         if let Some(r) = &config.revocation {
             if r.notify.is_some() && !config.issuers.iter().any(|i| i.profile == Profile::Wso2) {
                 p.push(
@@ -498,6 +523,14 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.policy.default_auth != AuthMode::Required {
+            w.push(format!(
+                "policy.default_auth = \"{}\": every path no route matches is open; a deny-list of \
+                 protected paths is easy to miss (/Admin, /admin/, a new endpoint)",
+                self.policy.default_auth.label()
+            ));
+        }
+        w.extend(policy::shadowed_routes(&self.routes));
         w
     }
 
@@ -744,5 +777,97 @@ algorithms = ["HS256", "none"]
         assert_eq!(Algorithm::from_name("rs256"), None);
         assert_eq!(Algorithm::from_name("none"), None);
         assert_eq!(Algorithm::from_name("HS256"), None);
+    }
+
+    #[test]
+    fn route_policy_mistakes_name_their_keys() {
+        let text = format!(
+            r#"{MINIMAL}
+[forward.claim_headers]
+"x-user" = "sub"
+"x-forwarded-user" = "sub"
+"authorization" = "sub"
+"x-bad" = "a..b"
+
+[[token.sources]]
+header = "authorization"
+scheme = "Bearer"
+[[token.sources]]
+cookie = "at"
+[[token.sources]]
+cookie = "at"
+[[token.sources]]
+
+[[routes]]
+name = "two"
+path_prefix = "/a"
+path_exact = "/b"
+
+[[routes]]
+name = "none"
+
+[[routes]]
+name = "re"
+path_regex = "(unclosed"
+
+[[routes]]
+name = "re"
+path_prefix = "/a/../b"
+issuers = ["nope"]
+scopes_all = []
+claims = {{ "realm..roles" = "x" }}
+
+[[routes]]
+name = "pub"
+path_exact = "/p"
+auth = "public"
+scopes_any = ["a"]
+methods = ["get"]
+"#
+        );
+        let keys = keys_of(Config::from_toml_str(&text, &no_env).unwrap_err());
+        for want in [
+            "forward.claim_headers.x-forwarded-user",
+            "forward.claim_headers.authorization",
+            "forward.claim_headers.x-bad",
+            "token.sources[2].cookie",
+            "token.sources[3].header",
+            "routes[0].path_exact",
+            "routes[1].name",
+            "routes[1].path_prefix",
+            "routes[2].path_regex",
+            "routes[3].name",
+            "routes[3].path_prefix",
+            "routes[3].issuers[0]",
+            "routes[3].scopes_all",
+            "routes[3].claims.\"realm..roles\"",
+            "routes[4].auth",
+            "routes[4].methods[0]",
+        ] {
+            assert!(
+                keys.contains(&want.to_owned()),
+                "{want} missing from {keys:?}"
+            );
+        }
+        assert!(!keys.iter().any(|k| k.contains("x-user")), "{keys:?}");
+    }
+
+    #[test]
+    fn routes_default_and_print_in_match_order() {
+        let text = format!(
+            "{MINIMAL}\n[[routes]]\nname = \"health\"\npath_prefix = \"/healthz/\"\nauth = \"public\"\n\
+             [[routes]]\nname = \"w\"\npath_regex = \"/orders/[0-9]+\"\nmethods = [\"PUT\"]\nscopes_all = [\"orders:write\"]\n\
+             claims = {{ tenant = \"acme\", n = [1, 2.5, true] }}\n"
+        );
+        let c = Config::from_toml_str(&text, &no_env).unwrap();
+        assert_eq!(c.routes[0].path, PathMatch::PathPrefix("/healthz".into()));
+        assert_eq!(c.token.sources, [TokenSource::bearer()]);
+        assert_eq!(c.policy.default_auth, AuthMode::Required);
+        assert_eq!(c.policy.cors_preflight, CorsPreflight::Reject);
+        let out = c.to_effective_toml();
+        let health = out.find("name = \"health\"").expect(&out);
+        let w = out.find("name = \"w\"").expect(&out);
+        assert!(health < w, "{out}");
+        assert!(out.contains("path_regex = \"/orders/[0-9]+\""), "{out}");
     }
 }

@@ -72,6 +72,48 @@ pub(super) struct RawLimits {
 pub(super) struct RawForward {
     pub(super) claims_header: Option<String>,
     pub(super) strip_authorization: bool,
+    pub(super) claim_headers: Option<toml::Table>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRoute {
+    pub(super) name: Option<String>,
+    pub(super) path_prefix: Option<String>,
+    pub(super) path_exact: Option<String>,
+    pub(super) path_regex: Option<String>,
+    pub(super) methods: Option<Vec<String>>,
+    pub(super) auth: Option<String>,
+    pub(super) issuers: Option<Vec<String>>,
+    pub(super) scopes_all: Option<Vec<String>>,
+    pub(super) scopes_any: Option<Vec<String>>,
+    pub(super) claims: Option<toml::Table>,
+    pub(super) forward_credentials: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawPolicy {
+    pub(super) default_auth: Option<String>,
+    pub(super) cors_preflight: Option<String>,
+    pub(super) allowed_origins: Option<Vec<String>>,
+    pub(super) allow_path_semicolons: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawToken {
+    pub(super) sources: Option<Vec<RawTokenSource>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawTokenSource {
+    pub(super) header: Option<String>,
+    pub(super) scheme: Option<String>,
+    pub(super) prefix: Option<String>,
+    pub(super) cookie: Option<String>,
+    pub(super) query: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -104,6 +146,30 @@ pub(super) fn section<T: for<'de> Deserialize<'de> + Default>(
         Some(_) => {
             p.push(name, format!("must be a table: write [{name}]"));
             T::default()
+        }
+    }
+}
+
+/// An array of tables (`[[issuers]]`, `[[routes]]`), each typed on its own so a problem
+/// names its index.
+pub(super) fn tables<T: for<'de> Deserialize<'de> + Default>(
+    root: &toml::Table,
+    name: &str,
+    p: &mut Problems,
+) -> Vec<T> {
+    match root.get(name) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| typed(v.clone(), &format!("{name}[{i}]"), p))
+            .collect(),
+        Some(_) => {
+            p.push(
+                name,
+                format!("must be an array of tables: write [[{name}]]"),
+            );
+            Vec::new()
         }
     }
 }

@@ -535,5 +535,6 @@ pub(super) fn validate_forward(raw: RawForward, p: &mut Problems) -> ForwardConf
     ForwardConfig {
         claims_header,
         strip_authorization: raw.strip_authorization,
+        claim_headers: Vec::new(),
     }
 }
