@@ -206,7 +206,7 @@ fn request_path(c: &mut Criterion) {
                 .header("accept", "*/*")
                 .header("authorization", format!("Bearer {token}"))
                 .header("connection", "keep-alive")
-                .body(())
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
                 .unwrap()
         };
         // Prime the verified-token cache.

@@ -10,11 +10,12 @@
 
 use std::sync::Arc;
 
-use crate::auth::{Authenticator, Trace, step};
+use crate::auth::{Authenticator, Fresh, Trace, step};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 use crate::jwks::{IssuerKeys, JwksMetrics, ManualRefresh};
 use crate::metrics::Metrics;
+use crate::policy::{Policy, RouteId};
 use crate::proxy::{fingerprints, token_policy};
 use crate::reject::{Reason, Reject};
 use crate::revocation::{LifetimeBound, snapshot};
@@ -36,6 +37,8 @@ pub struct Report {
     /// The token's header and claims as JSON text, when they could be decoded.
     pub header: Option<String>,
     pub claims: Option<String>,
+    /// The route the request was decided under (`none` when refused before routing).
+    pub route: String,
 }
 
 impl Report {
@@ -63,8 +66,7 @@ impl Report {
     /// The `--json` form (DESIGN §1): `{"route", "checks", "verdict", "reason"}`.
     pub fn json(&self) -> String {
         serde_json::json!({
-            // No route policy yet: every path is the default route.
-            "route": "default",
+            "route": self.route,
             "checks": self.checks,
             "verdict": if self.reason.is_none() { "accepted" } else { "rejected" },
             "reason": self.reason.map(Reason::label),
@@ -101,10 +103,21 @@ impl Trace for Lines {
     }
 }
 
-/// Inspects `token` as a `method` request would meet it.
-pub async fn inspect(config: &Config, method: &str, token: &str) -> Report {
+/// Inspects `token` as a `method` request for `path` would meet it.
+pub async fn inspect(config: &Config, method: &str, path: &str, token: &str) -> Report {
     let mut lines = Lines::default();
-    let verdict = run(config, method, token, &mut lines).await;
+    let metrics = Metrics::new();
+    let policy = Policy::new(config, &metrics);
+    let mut route = RouteId::None;
+    let verdict = run(
+        config,
+        &policy,
+        (method, path),
+        token,
+        &mut lines,
+        &mut route,
+    )
+    .await;
     let decoded = |i: usize| {
         token
             .split('.')
@@ -123,11 +136,19 @@ pub async fn inspect(config: &Config, method: &str, token: &str) -> Report {
         reason: verdict.err().map(|r| r.reason),
         header: decoded(0),
         claims: decoded(1),
+        route: policy.name(route).to_owned(),
     }
 }
 
 /// The checks in the proxy's order; the first failure ends the run, like in the proxy.
-async fn run(config: &Config, method: &str, token: &str, t: &mut Lines) -> Result<(), Reject> {
+async fn run(
+    config: &Config,
+    policy: &Policy,
+    (method, path): (&str, &str),
+    token: &str,
+    t: &mut Lines,
+    route: &mut RouteId,
+) -> Result<(), Reject> {
     let shape = if method == "CONNECT" {
         Err(Reject::new(Reason::BadRequest, "CONNECT is not supported"))
     } else if method.bytes().any(|b| b.is_ascii_lowercase()) {
@@ -136,9 +157,18 @@ async fn run(config: &Config, method: &str, token: &str, t: &mut Lines) -> Resul
         Ok(())
     };
     step(t, "method", shape, |_| method.to_owned())?;
+    let normalized = step(t, "path", policy.normalize(path), |n| {
+        format!("normalized {:?}, matched as {:?}", n.forward, n.matching)
+    })?;
+    *route = policy.route(method, &normalized.matching);
+    let auth = policy.auth(*route);
     t.pass("route", || {
-        "no route policy: every path needs a valid token".into()
+        format!("{:?} (auth = {})", policy.name(*route), auth.label())
     });
+    if auth == AuthMode::Public {
+        t.pass("token", || "not read: the route is public".into());
+        return Ok(());
+    }
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Metrics::new();
@@ -151,10 +181,29 @@ async fn run(config: &Config, method: &str, token: &str, t: &mut Lines) -> Resul
             config.limits.max_token_bytes
         )
     })?;
-    let fresh = auth.verify_traced(token, t).await?;
+    let mut fresh = auth.verify_traced(token, t).await?;
+    fresh.verified.selected = policy
+        .selector()
+        .select(token.split('.').nth(1).unwrap_or_default());
+    revocation(config, &auth, &fresh, &clock, t)?;
+    step(
+        t,
+        "route requirements",
+        policy.requirements(*route, &fresh.verified),
+        |_| "issuers, scopes and claims the route requires are met".into(),
+    )
+}
 
+/// Token policy, then the revocation snapshot when one is configured.
+fn revocation(
+    config: &Config,
+    auth: &Authenticator,
+    fresh: &Fresh<'_>,
+    clock: &Arc<dyn Clock>,
+    t: &mut Lines,
+) -> Result<(), Reject> {
     let Some(rev) = &config.revocation else {
-        return token_policy(None, &fresh, t);
+        return token_policy(None, fresh, t);
     };
     let leeway = config.max_leeway_s();
     let restored = match &rev.snapshot_path {
@@ -174,7 +223,7 @@ async fn run(config: &Config, method: &str, token: &str, t: &mut Lines) -> Resul
         clock.now(),
         leeway,
     );
-    token_policy(Some((&bound, rev.require_jti)), &fresh, t)?;
+    token_policy(Some((&bound, rev.require_jti)), fresh, t)?;
     match restored {
         Err(why) => {
             t.0.push(Check {
@@ -186,7 +235,7 @@ async fn run(config: &Config, method: &str, token: &str, t: &mut Lines) -> Resul
         }
         Ok(r) => {
             let issuer = auth.issuer(fresh.verified.issuer);
-            let fps = fingerprints(&r.list, issuer, &fresh);
+            let fps = fingerprints(&r.list, issuer, fresh);
             let revoked = if r.list.is_revoked_fps(&fps, fresh.verified.iat) {
                 Err(Reject::new(Reason::Revoked, "token has been revoked"))
             } else {

@@ -7,15 +7,23 @@
 //! <!-- phases -->
 //! 1. `shape` — the request's own form: `CONNECT` 405; a method not upper-case, two
 //!    `Host`s, a method/URL override header 400;
-//! 2. `extract` — the bearer token from `Authorization`;
-//! 3. `verify` — the connection's last verdict, else the shared cache, else a full
+//! 2. `path` — normalization (`path`: decode unreserved, merge `//`, remove dot segments;
+//!    encoded `/`, double encoding, `..` above the root and the like are 400 `bad_path`);
+//! 3. `route` — the first `[[routes]]` entry whose matcher and methods take the normalized
+//!    path (`policy`), else `default_auth`;
+//! 4. `extract` — the one token from the configured sources (none on a public route; two
+//!    are 400; a CORS preflight may go on without one; CSRF for cookie tokens);
+//! 5. `verify` — the connection's last verdict, else the shared cache, else a full
 //!    verification (`auth`: size, structure, header, issuer, key, signature, claims); a
 //!    token seen for the first time then passes token policy (`cnf`, lifetime, `jti`) and
-//!    gets its revocation fingerprints before the verdict is kept;
-//! 4. `revocation` — the list, on every request, and `on_stale`;
-//! 5. `identity` — the claims header value;
-//! 6. `rewrite` — the upgrade decision, header hygiene, forwarding headers, `Host`, the
-//!    origin-form URI;
+//!    gets its revocation fingerprints and the claims route policy reads before the
+//!    verdict is kept;
+//! 6. `revocation` — the list, on every request, and `on_stale`;
+//! 7. `requirements` — the route's issuers, scopes and claims (403);
+//! 8. `identity` — the claims header value;
+//! 9. `rewrite` — the upgrade decision, header hygiene, credentials a route must not
+//!    forward, claim headers, forwarding headers, `Host`, the origin-form URI with the
+//!    normalized path;
 //! <!-- /phases -->
 //!
 //! then `forward` (the body streamed both ways). Every rejection is answered before any
@@ -29,8 +37,9 @@
 //! runs the shutdown sequence: not ready at once, serve for `shutdown_delay`, close the
 //! listener, drain for at most `drain_timeout`.
 //!
-//! Modules depend one way: the leaves (`reject`, `clock`, `jose`, `hashing`, `hop`) ←
-//! `config` ← `metrics`, `jwks`, `revocation` ← `auth` ← `proxy` ← `admin` ← `lib`
+//! Modules depend one way: the leaves (`reject`, `clock`, `jose`, `hashing`, `hop`,
+//! `path`) ← `config` ← `metrics`, `jwks`, `revocation` ← `auth` ← `policy` ← `proxy` ←
+//! `admin` ← `lib`
 //! (`.ci/module_cycles.py` checks there is no cycle).
 
 pub mod admin;

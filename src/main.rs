@@ -82,7 +82,7 @@ enum Command {
         /// The request's method.
         #[arg(long, default_value = "GET")]
         method: String,
-        /// The request's path (no route policy yet: shown only).
+        /// The request's path (normalized and matched against the routes as the proxy does).
         #[arg(long, default_value = "/")]
         path: String,
         /// One JSON object on stdout instead of lines.
@@ -119,9 +119,9 @@ fn main() -> ExitCode {
         Command::Inspect {
             config,
             method,
-            path: _,
+            path,
             json,
-        } => inspect(&config, &method, json),
+        } => inspect(&config, &method, &path, json),
         Command::Dev {
             listen,
             admin_listen,
@@ -180,7 +180,7 @@ fn serve(
 }
 
 /// `jwtgate inspect`: the token from stdin, the verdict on stdout.
-fn inspect(config: &std::path::Path, method: &str, json: bool) -> ExitCode {
+fn inspect(config: &std::path::Path, method: &str, path: &str, json: bool) -> ExitCode {
     let config = match load(config, None, None, None) {
         Ok(c) => c,
         Err(code) => return code,
@@ -206,7 +206,7 @@ fn inspect(config: &std::path::Path, method: &str, json: bool) -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(jwtgate::inspect::inspect(&config, method, &token)),
+        Ok(rt) => rt.block_on(jwtgate::inspect::inspect(&config, method, path, &token)),
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;

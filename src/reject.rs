@@ -27,10 +27,18 @@ pub enum Reason {
     DuplicateCredentials,
     BadRequest,
     BoundToken,
+    /// The route needs a scope the token lacks (403).
+    InsufficientScope,
+    /// The route's `issuers` or `claims` are not satisfied (403).
+    ClaimMismatch,
+    /// A path that cannot be normalized safely (400).
+    BadPath,
+    /// A cookie token on an unsafe method from an origin not allowed (403).
+    Csrf,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 25] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::TooLarge,
@@ -52,6 +60,10 @@ impl Reason {
         Reason::DuplicateCredentials,
         Reason::BadRequest,
         Reason::BoundToken,
+        Reason::InsufficientScope,
+        Reason::ClaimMismatch,
+        Reason::BadPath,
+        Reason::Csrf,
     ];
 
     pub fn label(self) -> &'static str {
@@ -77,13 +89,22 @@ impl Reason {
             Reason::DuplicateCredentials => "duplicate_credentials",
             Reason::BadRequest => "bad_request",
             Reason::BoundToken => "bound_token",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::ClaimMismatch => "claim_mismatch",
+            Reason::BadPath => "bad_path",
+            Reason::Csrf => "csrf",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
             Reason::KeysUnavailable | Reason::RevocationStale => StatusCode::SERVICE_UNAVAILABLE,
-            Reason::DuplicateCredentials | Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::DuplicateCredentials | Reason::BadRequest | Reason::BadPath => {
+                StatusCode::BAD_REQUEST
+            }
+            Reason::InsufficientScope | Reason::ClaimMismatch | Reason::Csrf => {
+                StatusCode::FORBIDDEN
+            }
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -92,7 +113,10 @@ impl Reason {
     pub fn error_code(self) -> Option<&'static str> {
         match self {
             Reason::Missing => None,
-            Reason::DuplicateCredentials | Reason::BadRequest => Some("invalid_request"),
+            Reason::DuplicateCredentials | Reason::BadRequest | Reason::BadPath | Reason::Csrf => {
+                Some("invalid_request")
+            }
+            Reason::InsufficientScope | Reason::ClaimMismatch => Some("insufficient_scope"),
             Reason::KeysUnavailable | Reason::RevocationStale => Some("temporarily_unavailable"),
             _ => Some("invalid_token"),
         }

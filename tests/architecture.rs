@@ -23,7 +23,7 @@ fn documented_phases_are_the_phases_prepare_runs() {
         .collect();
 
     let proxy = read("src/proxy/mod.rs");
-    let body_start = proxy.find("pub async fn prepare<B>").expect("prepare");
+    let body_start = proxy.find("pub async fn prepare<").expect("prepare");
     let body = &proxy[body_start..];
     let body = &body[..body.find("\n    }\n").expect("end of prepare")];
     let run: Vec<String> = body

@@ -50,6 +50,32 @@ pub struct Verified {
     /// Revocation fingerprints of the token, computed once when it is first seen (when
     /// revocation is on), so cache hits only probe the tables.
     pub revocation_fps: Option<TokenFingerprints>,
+    /// What route policy reads from the token, selected once when it is first seen (when
+    /// any route or claim header needs a claim), so cache hits parse no payload.
+    pub selected: Option<Box<Selected>>,
+}
+
+/// The claims route policy asked for, carried with the verdict. The policy decides what
+/// to select and how to read it; auth only keeps it with the token it came from.
+#[derive(Debug, Default)]
+pub struct Selected {
+    /// The union of `scope` and `scp` (each a space-separated string or an array).
+    pub scopes: Box<[Box<str>]>,
+    /// One value per claim path the policy uses, in the policy's order (`None`: absent).
+    pub claims: Box<[Option<serde_json::Value>]>,
+    /// One per `[forward.claim_headers]` entry, in config order.
+    pub headers: Box<[ClaimHeaderValue]>,
+}
+
+/// A claim header's value for one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimHeaderValue {
+    Set(http::HeaderValue),
+    /// The claim is absent: no header.
+    Missing,
+    /// The claim's value cannot be a header value (an object, `null`, a byte outside
+    /// 0x20–0x7E, over 1,024 bytes, …): no header, counted.
+    Unset,
 }
 
 /// A token's validity window: `exp` (required) and `nbf`, with the issuer's `leeway_s`.
@@ -382,6 +408,7 @@ impl Authenticator {
                 window,
                 iat: claims.iat.map(|d| d.0),
                 revocation_fps: None,
+                selected: None,
             },
             claims,
             alg,

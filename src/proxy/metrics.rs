@@ -1,6 +1,8 @@
 //! The request families of the proxy listener.
 
-use prometheus::Histogram;
+use std::sync::OnceLock;
+
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use crate::metrics::{Labeled, Metrics};
 use crate::reject::Reason;
@@ -58,29 +60,40 @@ impl UpstreamErrorKind {
 /// `jwtgate_requests_total`, `jwtgate_rejections_total`, `jwtgate_upstream_errors_total`
 /// and `jwtgate_request_duration_seconds`.
 pub struct ProxyMetrics {
-    pub requests: Labeled<Outcome>,
-    pub rejections: Labeled<Reason>,
+    pub requests: ByRoute<Outcome>,
+    pub rejections: ByRoute<Reason>,
     pub upstream_errors: Labeled<UpstreamErrorKind>,
     pub request_duration: Histogram,
 }
 
 impl ProxyMetrics {
-    /// Registers the families, every child at 0.
-    pub fn register(m: &Metrics) -> ProxyMetrics {
+    /// Registers the families; `routes` are the `route` label values (configured names,
+    /// `default`, `preflight`, `none`). Every request series starts at 0, and so does every
+    /// rejection series of the `default` route; other rejection series appear when they
+    /// first count (reasons × routes would be thousands of zeros).
+    pub fn register(m: &Metrics, routes: Vec<String>) -> ProxyMetrics {
         ProxyMetrics {
-            requests: m.labeled(
-                "jwtgate_requests_total",
-                "Requests on the proxy listener by outcome.",
-                "outcome",
+            requests: ByRoute::new(
+                m.counter_vec(
+                    "jwtgate_requests_total",
+                    "Requests on the proxy listener by outcome and route.",
+                    &["outcome", "route"],
+                ),
                 &Outcome::ALL,
                 Outcome::label,
+                routes.clone(),
+                Eager::All,
             ),
-            rejections: m.labeled(
-                "jwtgate_rejections_total",
-                "Rejected requests by reason.",
-                "reason",
+            rejections: ByRoute::new(
+                m.counter_vec(
+                    "jwtgate_rejections_total",
+                    "Rejected requests by reason and route.",
+                    &["reason", "route"],
+                ),
                 &Reason::ALL,
                 Reason::label,
+                routes,
+                Eager::Route("default"),
             ),
             upstream_errors: m.labeled(
                 "jwtgate_upstream_errors_total",
@@ -98,5 +111,84 @@ impl ProxyMetrics {
                 ],
             ),
         }
+    }
+}
+
+/// Which children exist (at 0) from the start.
+#[derive(Debug, Clone, Copy)]
+enum Eager {
+    All,
+    Route(&'static str),
+}
+
+/// A counter family labelled by `K` and `route` (a bounded set: the configured route names
+/// and three fixed values), children by index so the hot path formats no label.
+pub struct ByRoute<K> {
+    family: IntCounterVec,
+    keys: Vec<K>,
+    label_of: fn(K) -> &'static str,
+    routes: Vec<String>,
+    cells: Box<[OnceLock<IntCounter>]>,
+}
+
+impl<K: Copy + PartialEq> ByRoute<K> {
+    fn new(
+        family: IntCounterVec,
+        all: &[K],
+        label_of: fn(K) -> &'static str,
+        routes: Vec<String>,
+        eager: Eager,
+    ) -> ByRoute<K> {
+        let cells = (0..all.len() * routes.len())
+            .map(|_| OnceLock::new())
+            .collect();
+        let by = ByRoute {
+            family,
+            keys: all.to_vec(),
+            label_of,
+            routes,
+            cells,
+        };
+        for k in 0..by.keys.len() {
+            for r in 0..by.routes.len() {
+                if match eager {
+                    Eager::All => true,
+                    Eager::Route(name) => by.routes[r] == name,
+                } {
+                    by.cell(k, r);
+                }
+            }
+        }
+        by
+    }
+
+    fn cell(&self, k: usize, route: usize) -> Option<&IntCounter> {
+        let cell = self.cells.get(k * self.routes.len() + route)?;
+        Some(cell.get_or_init(|| {
+            self.family
+                .with_label_values(&[(self.label_of)(self.keys[k]), &self.routes[route]])
+        }))
+    }
+
+    /// Adds one for `k` on the route with label index `route`.
+    pub fn inc(&self, k: K, route: usize) {
+        if let Some(i) = self.keys.iter().position(|x| *x == k)
+            && let Some(c) = self.cell(i, route)
+        {
+            c.inc();
+        }
+    }
+
+    /// The count for `k` over every route.
+    pub fn value(&self, k: K) -> u64 {
+        let Some(i) = self.keys.iter().position(|x| *x == k) else {
+            return 0;
+        };
+        let n = self.routes.len();
+        self.cells[i * n..(i + 1) * n]
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(IntCounter::get)
+            .sum()
     }
 }

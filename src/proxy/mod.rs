@@ -10,6 +10,7 @@ pub mod listener;
 pub mod metrics;
 pub mod upstream;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,9 +30,10 @@ use tokio::net::TcpListener;
 use crate::auth::{
     Authenticator, Fresh, LastToken, NoTrace, TokenHash, Trace, Verified, step, token,
 };
-use crate::config::{Cidr, Config, IssuerConfig, Profile};
+use crate::config::{AuthMode, Cidr, Config, IssuerConfig, Profile};
 use crate::jose::Algorithm;
 use crate::metrics::Metrics;
+use crate::policy::{Policy, RouteId, sources};
 use crate::reject::{Reason, Reject};
 use crate::revocation::Revocation;
 use crate::revocation::{Facts, LifetimeBound, RevocationList, TokenFingerprints};
@@ -44,7 +46,8 @@ pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 /// any trailers the client sends.
 pub struct ForwardBody {
     inner: Incoming,
-    strip: HeaderName,
+    /// The headers jwtgate sets (claims header, claim headers): never taken from a client.
+    strip: Arc<[HeaderName]>,
 }
 
 impl Body for ForwardBody {
@@ -60,8 +63,11 @@ impl Body for ForwardBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_trailers() {
                     Ok(mut trailers) => {
-                        if trailers.remove(&this.strip).is_some() {
-                            tracing::debug!("client-sent claims header dropped from trailers");
+                        for name in this.strip.iter() {
+                            if trailers.remove(name).is_some() {
+                                tracing::debug!(header = %name, "client-sent identity header dropped from trailers");
+                            }
+                            headers::remove_spellings_of(&mut trailers, name);
                         }
                         headers::strip_hop_by_hop(&mut trailers, false);
                         Frame::trailers(trailers)
@@ -113,8 +119,11 @@ pub struct Prepared<B> {
     pub request: Request<B>,
     /// A validated WebSocket handshake: the client's key and its side of the upgrade.
     websocket: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
-    /// The verdict the request was admitted on (a tunnel is re-checked against it).
-    verified: Arc<Verified>,
+    /// The verdict the request was admitted on (a tunnel is re-checked against it);
+    /// `None` on a public route, or an optional one without a token.
+    verified: Option<Arc<Verified>>,
+    /// The `route` label index.
+    route: usize,
 }
 
 pub struct Proxy {
@@ -125,6 +134,9 @@ pub struct Proxy {
     upstream_host: HeaderValue,
     request_timeout: std::time::Duration,
     claims_header: HeaderName,
+    /// Every header jwtgate sets from a token: the claims header, then the claim headers.
+    owned_headers: Arc<[HeaderName]>,
+    policy: Arc<Policy>,
     strip_authorization: bool,
     trusted_proxies: Vec<Cidr>,
     /// Open WebSocket tunnels, at most `max_connections` (an upgraded connection leaves
@@ -146,6 +158,9 @@ impl Proxy {
         metrics: &Metrics,
     ) -> Proxy {
         let uri = &config.upstream.url;
+        let policy = Arc::new(Policy::new(config, metrics));
+        let mut owned_headers = vec![config.forward.claims_header.clone()];
+        owned_headers.extend(policy.claim_header_names());
         Proxy {
             auth,
             revocation,
@@ -161,11 +176,13 @@ impl Proxy {
                 .unwrap_or_else(|| HeaderValue::from_static("127.0.0.1")),
             request_timeout: config.upstream.request_timeout,
             claims_header: config.forward.claims_header.clone(),
+            owned_headers: owned_headers.into(),
+            metrics: Arc::new(ProxyMetrics::register(metrics, policy.labels())),
+            policy,
             strip_authorization: config.forward.strip_authorization,
             trusted_proxies: config.server.trusted_proxies.clone(),
             tunnels: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
             retry_after: HeaderValue::from(config.jwks.min_refetch_interval.as_secs().clamp(1, 60)),
-            metrics: Arc::new(ProxyMetrics::register(metrics)),
         }
     }
 
@@ -223,29 +240,94 @@ impl Proxy {
     /// order `lib.rs` lists them (a test holds the two together). A rejection comes back as
     /// the finished response (metrics counted, reason logged). Generic over the body so the
     /// whole decision can be benchmarked without sockets.
-    pub async fn prepare<B>(
+    pub async fn prepare<B: Body>(
         &self,
         req: Request<B>,
         peer: &Peer,
     ) -> Result<Prepared<B>, Response<ResponseBody>> {
-        let cx = Pending { req, peer };
+        let mut cx = Pending {
+            req,
+            peer,
+            route: RouteId::None,
+        };
         // phase: shape
         let scan = self.shape(&cx).map_err(|r| self.refuse(r, &cx))?;
-        // phase: extract
-        let token = bearer(cx.req.headers()).map_err(|r| self.refuse((r, None), &cx))?;
+        // phase: path (normalized before matching; the upstream receives this form)
+        let path = self
+            .policy
+            .normalize(cx.req.uri().path())
+            .map_err(|r| self.refuse((r, None), &cx))?;
+        // phase: route
+        cx.route = self.policy.route(cx.req.method().as_str(), &path.matching);
+        let new_path = match path.forward {
+            Cow::Owned(p) => Some(p),
+            Cow::Borrowed(_) => None,
+        };
+        // phase: extract (token sources; two tokens 400; a public route reads none)
+        let (found, route) = self
+            .extract(&cx.req, cx.route)
+            .map_err(|r| self.refuse((r, None), &cx))?;
+        cx.route = route;
+        let token = found.as_ref().map(|f| &*f.token);
         // phase: verify (connection repeat, cache, or keys + signature + claims; a token
         // seen for the first time also passes token policy and gets its fingerprints)
-        let verified = self
-            .verify(token, peer)
-            .await
-            .map_err(|r| self.refuse(r, &cx))?;
-        // phase: revocation
-        self.revocation_check(token, &verified)
-            .map_err(|r| self.refuse(r, &cx))?;
+        let verified = match token {
+            Some(t) => Some(
+                self.verify(t, peer)
+                    .await
+                    .map_err(|r| self.refuse(r, &cx))?,
+            ),
+            None => None,
+        };
+        if let (Some(t), Some(v)) = (token, &verified) {
+            // phase: revocation
+            self.revocation_check(t, v)
+                .map_err(|r| self.refuse(r, &cx))?;
+            // phase: requirements (the route's issuers, scopes, claims)
+            self.policy
+                .requirements(cx.route, v)
+                .map_err(|r| self.refuse((r, Some(TokenHash::of(t).fingerprint())), &cx))?;
+        }
         // phase: identity
-        let identity = identity(token).map_err(|r| self.refuse(r, &cx))?;
+        let identity = token
+            .map(identity)
+            .transpose()
+            .map_err(|r| self.refuse(r, &cx))?;
+        let source = found.map(|f| f.source);
         // phase: rewrite
-        Ok(self.rewrite(cx, scan, identity, verified))
+        let target = Target { new_path, source };
+        Ok(self.rewrite(cx, scan, target, identity, verified))
+    }
+
+    /// Phase `extract`: the one token of the request from the configured sources. A public
+    /// route reads none; a CORS preflight (when forwarded) has none and becomes the
+    /// `preflight` route; a required route without one is a 401; a cookie token on an
+    /// unsafe method needs an allowed origin.
+    fn extract<'r, B: Body>(
+        &self,
+        req: &'r Request<B>,
+        route: RouteId,
+    ) -> Result<(Option<sources::Found<'r>>, RouteId), Reject> {
+        if self.policy.auth(route) == AuthMode::Public {
+            return Ok((None, route));
+        }
+        let found = sources::extract(self.policy.sources(), req.headers(), req.uri().query())?;
+        match &found {
+            None if self.policy.is_preflight(
+                req.method(),
+                req.headers(),
+                req.body().is_end_stream(),
+            ) =>
+            {
+                return Ok((None, RouteId::Preflight));
+            }
+            None if self.policy.auth(route) == AuthMode::Required => {
+                return Err(Reject::new(Reason::Missing, "no bearer token"));
+            }
+            None => {}
+            Some(f) => self.policy.csrf(f.source, req.method(), req.headers())?,
+        }
+        Ok((found, route))
     }
 
     /// Answers a rejection: counted, logged at debug with the token's fingerprint.
@@ -254,7 +336,7 @@ impl Proxy {
         (reject, fingerprint): (Reject, Option<String>),
         cx: &Pending<'_, B>,
     ) -> Response<ResponseBody> {
-        self.count_rejection(reject, fingerprint.as_deref(), cx.peer);
+        self.count_rejection(reject, fingerprint.as_deref(), cx.peer, cx.route);
         if reject.reason == Reason::BadRequest && cx.req.method() == http::Method::CONNECT {
             let mut resp = json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -267,7 +349,11 @@ impl Proxy {
             );
             return resp;
         }
-        self.reject(reject)
+        let scope = match reject.reason {
+            Reason::InsufficientScope => self.policy.challenge_scope(cx.route),
+            _ => None,
+        };
+        self.reject(reject, scope)
     }
 
     /// Phase `shape`: the request's own form, before any token is read (DESIGN §6).
@@ -330,6 +416,10 @@ impl Proxy {
             .map(|rev| fingerprints(rev.list(), self.auth.issuer(fresh.verified.issuer), &fresh));
         let mut verified = fresh.verified;
         verified.revocation_fps = fps;
+        verified.selected = self
+            .policy
+            .selector()
+            .select(token.split('.').nth(1).unwrap_or_default());
         let verified = Arc::new(verified);
         self.auth.keep(token, &hash, &verified, &peer.last_token);
         Ok(verified)
@@ -347,16 +437,22 @@ impl Proxy {
         Ok(())
     }
 
-    /// Phase `rewrite`: the upgrade decision, header hygiene, jwtgate's own headers, Host
-    /// and the origin-form URI. Nothing here can fail.
+    /// Phase `rewrite`: the upgrade decision, header hygiene, credentials a route must not
+    /// forward, jwtgate's own headers, Host and the origin-form URI with the normalized
+    /// path. Nothing here can fail.
     fn rewrite<B>(
         &self,
         cx: Pending<'_, B>,
         scan: headers::Scan,
-        identity: HeaderValue,
-        verified: Arc<Verified>,
+        target: Target,
+        identity: Option<HeaderValue>,
+        verified: Option<Arc<Verified>>,
     ) -> Prepared<B> {
-        let Pending { mut req, peer } = cx;
+        let Pending {
+            mut req,
+            peer,
+            route,
+        } = cx;
         // Only a WebSocket handshake keeps its upgrade; any other (h2c, TLS, …) is dropped
         // with the hop-by-hop headers and the request goes on as a plain one.
         let websocket = req
@@ -368,63 +464,102 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h, websocket.is_some());
-        if scan.underscore {
-            headers::remove_spellings_of(h, &self.claims_header);
+        for name in self.owned_headers.iter() {
+            if scan.underscore {
+                headers::remove_spellings_of(h, name);
+            }
+            if h.remove(name).is_some() {
+                tracing::debug!(peer = %peer.addr, header = %name, "client-sent identity header dropped");
+            }
         }
         if scan.forwarding && !peer.trusted {
             headers::remove_forwarding(h);
         }
-        // `insert` replaces every client copy of the claims header.
-        if h.insert(self.claims_header.clone(), identity).is_some() {
-            tracing::debug!(peer = %peer.addr, "client-sent claims header dropped");
-        }
-        if self.strip_authorization {
-            h.remove(header::AUTHORIZATION);
-        }
-        // Host (RFC 9112 §3.2.2, RFC 9113 §8.3.1): an absolute-form target or HTTP/2's
-        // `:authority` decides; else the one `Host` header; else (HTTP/1.0) the upstream's.
-        let host = match parts.uri.authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => h.get(header::HOST).cloned(),
-        };
-        match host {
-            Some(host) => {
-                if !peer.trusted || !h.contains_key(headers::X_FORWARDED_HOST) {
-                    h.insert(headers::X_FORWARDED_HOST, host.clone());
+        self.strip_credentials(h, route, target.source);
+        if let (Some(identity), Some(v)) = (identity, &verified) {
+            h.insert(self.claims_header.clone(), identity);
+            if let Some(selected) = &v.selected {
+                for (name, value) in self.policy.selector().headers(selected) {
+                    h.insert(name.clone(), value.clone());
                 }
-                h.insert(header::HOST, host);
-            }
-            None => {
-                h.insert(header::HOST, self.upstream_host.clone());
             }
         }
+        set_host(h, &parts.uri, peer, &self.upstream_host);
         if !peer.trusted || !h.contains_key(headers::X_FORWARDED_PROTO) {
             h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
         headers::append_forwarded_for(h, &peer.forwarded_for);
-
-        // Origin form (RFC 9112 §3.2.1): the upstream sees the path and query only.
-        parts.uri = http::Uri::from(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
+        parts.uri = self.origin_form(&parts.uri, target.new_path);
         parts.version = http::Version::HTTP_11;
         Prepared {
             request: Request::from_parts(parts, body),
             websocket,
             verified,
+            route: self.policy.label_index(route),
         }
     }
 
-    fn count_rejection(&self, reject: Reject, fingerprint: Option<&str>, peer: &Peer) {
-        self.metrics.requests.inc(Outcome::Rejected);
-        self.metrics.rejections.inc(reject.reason);
+    /// What the upstream must not receive: on a public route, whatever the token sources
+    /// would yield (unless `forward_credentials`); with `strip_authorization`, the token
+    /// from wherever it came. (A `query` source's parameter goes in [`Self::origin_form`].)
+    fn strip_credentials(&self, h: &mut http::HeaderMap, route: RouteId, source: Option<usize>) {
+        let sources = self.policy.sources();
+        if self.policy.auth(route) == AuthMode::Public && !self.policy.forwards_credentials(route) {
+            for s in sources {
+                sources::strip(h, s);
+            }
+        } else if self.strip_authorization
+            && let Some(s) = source.and_then(|i| sources.get(i))
+        {
+            sources::strip(h, s);
+        }
+    }
+
+    /// Origin form (RFC 9112 §3.2.1): the normalized path, and the query as sent less a
+    /// `query` source's parameter.
+    fn origin_form(&self, uri: &http::Uri, new_path: Option<String>) -> http::Uri {
+        let query = uri.query();
+        let stripped = match query {
+            Some(q) if self.policy.has_query_source() => {
+                Some(sources::strip_query(self.policy.sources(), q))
+            }
+            _ => None,
+        };
+        if new_path.is_none() && stripped.is_none() {
+            return http::Uri::from(
+                uri.path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            );
+        }
+        let path = new_path.as_deref().unwrap_or(uri.path());
+        let query = match &stripped {
+            Some(q) => q.as_deref(),
+            None => query,
+        };
+        let text = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        // The parts come from a parsed URI (path normalized to visible ASCII), so this
+        // parses; `/` is the fallback that can never be reached.
+        http::Uri::try_from(text).unwrap_or_else(|_| http::Uri::from_static("/"))
+    }
+
+    fn count_rejection(
+        &self,
+        reject: Reject,
+        fingerprint: Option<&str>,
+        peer: &Peer,
+        route: RouteId,
+    ) {
+        let idx = self.policy.label_index(route);
+        self.metrics.requests.inc(Outcome::Rejected, idx);
+        self.metrics.rejections.inc(reject.reason, idx);
         tracing::debug!(
             reason = reject.reason.label(),
             token = fingerprint.unwrap_or("-"),
+            route = self.policy.name(route),
             peer = %peer.addr,
             "request rejected: {}",
             reject.description
@@ -451,10 +586,11 @@ impl Proxy {
             request,
             websocket,
             verified,
+            route,
         } = prepared;
         let upstream_req = request.map(|inner| ForwardBody {
             inner,
-            strip: self.claims_header.clone(),
+            strip: self.owned_headers.clone(),
         });
 
         let mut resp = match tokio::time::timeout(
@@ -470,11 +606,11 @@ impl Proxy {
                     UpstreamError::Exchange(_) => UpstreamErrorKind::Other,
                 };
                 tracing::warn!(error = %e, "upstream request failed");
-                return self.upstream_failed(kind);
+                return self.upstream_failed(kind, route);
             }
             Err(_) => {
                 tracing::warn!("upstream did not answer within request_timeout_ms");
-                return self.upstream_failed(UpstreamErrorKind::Timeout);
+                return self.upstream_failed(UpstreamErrorKind::Timeout, route);
             }
         };
 
@@ -485,15 +621,15 @@ impl Proxy {
                 tracing::warn!(
                     "upstream switched protocols without a WebSocket handshake; refused"
                 );
-                return self.upstream_failed(UpstreamErrorKind::Other);
+                return self.upstream_failed(UpstreamErrorKind::Other, route);
             };
             if !headers::websocket_accepted(resp.headers(), &key) {
                 tracing::warn!("upstream 101 does not complete the WebSocket handshake; refused");
-                return self.upstream_failed(UpstreamErrorKind::Other);
+                return self.upstream_failed(UpstreamErrorKind::Other, route);
             }
             let Ok(permit) = self.tunnels.clone().try_acquire_owned() else {
                 tracing::warn!("max_connections tunnels already open; handshake refused");
-                return self.upstream_failed(UpstreamErrorKind::Other);
+                return self.upstream_failed(UpstreamErrorKind::Other, route);
             };
             headers::strip_hop_by_hop(resp.headers_mut(), true);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -507,7 +643,7 @@ impl Proxy {
         } else {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
         }
-        self.metrics.requests.inc(Outcome::Forwarded);
+        self.metrics.requests.inc(Outcome::Forwarded, route);
         resp.map(Either::Left)
     }
 
@@ -517,7 +653,7 @@ impl Proxy {
         self: Arc<Self>,
         client: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
-        verified: Arc<Verified>,
+        verified: Option<Arc<Verified>>,
     ) {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(both) => both,
@@ -536,7 +672,8 @@ impl Proxy {
             tokio::select! {
                 _ = &mut copy => return,
                 _ = every.tick() => {
-                    if let Err(reject) = self.recheck(&verified) {
+                    // A tunnel opened on a public route has no credential to outlive.
+                    if let Some(Err(reject)) = verified.as_deref().map(|v| self.recheck(v)) {
                         tracing::info!(reason = reject.reason.label(), "tunnel closed: {}", reject.description);
                         return;
                     }
@@ -545,8 +682,8 @@ impl Proxy {
         }
     }
 
-    fn upstream_failed(&self, kind: UpstreamErrorKind) -> Response<ResponseBody> {
-        self.metrics.requests.inc(Outcome::UpstreamError);
+    fn upstream_failed(&self, kind: UpstreamErrorKind, route: usize) -> Response<ResponseBody> {
+        self.metrics.requests.inc(Outcome::UpstreamError, route);
         self.metrics.upstream_errors.inc(kind);
         let (status, error) = match kind {
             UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
@@ -555,7 +692,9 @@ impl Proxy {
         json_response(status, error, "the upstream could not be reached")
     }
 
-    fn reject(&self, reject: Reject) -> Response<ResponseBody> {
+    /// The response of a rejection; `scope` is the route's required scopes for the 403
+    /// `insufficient_scope` challenge.
+    fn reject(&self, reject: Reject, scope: Option<&str>) -> Response<ResponseBody> {
         let status = reject.reason.status();
         let code = reject.reason.error_code();
         let mut resp = match code {
@@ -563,12 +702,16 @@ impl Proxy {
             None => json_response(status, "unauthorized", "a bearer token is required"),
         };
         let h = resp.headers_mut();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::BAD_REQUEST {
+        if matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN
+        ) {
             let value = match code {
                 None => r#"Bearer realm="jwtgate""#.to_owned(),
                 Some(code) => format!(
-                    r#"Bearer realm="jwtgate", error="{code}", error_description="{}""#,
-                    reject.description
+                    r#"Bearer realm="jwtgate", error="{code}", error_description="{}"{}"#,
+                    reject.description,
+                    scope.map_or(String::new(), |s| format!(r#", scope="{s}""#))
                 ),
             };
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -684,6 +827,36 @@ pub fn fingerprints(
 struct Pending<'p, B> {
     req: Request<B>,
     peer: &'p Peer,
+    /// The route it is decided under (`None` until one is chosen).
+    route: RouteId,
+}
+
+/// What the rewrite needs from the earlier phases.
+struct Target {
+    /// The normalized path, when it differs from the one sent.
+    new_path: Option<String>,
+    /// The token source the token came from.
+    source: Option<usize>,
+}
+
+/// Host (RFC 9112 §3.2.2, RFC 9113 §8.3.1): an absolute-form target or HTTP/2's
+/// `:authority` decides; else the one `Host` header; else (HTTP/1.0) the upstream's.
+fn set_host(h: &mut http::HeaderMap, uri: &http::Uri, peer: &Peer, upstream_host: &HeaderValue) {
+    let host = match uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => h.get(header::HOST).cloned(),
+    };
+    match host {
+        Some(host) => {
+            if !peer.trusted || !h.contains_key(headers::X_FORWARDED_HOST) {
+                h.insert(headers::X_FORWARDED_HOST, host.clone());
+            }
+            h.insert(header::HOST, host);
+        }
+        None => {
+            h.insert(header::HOST, upstream_host.clone());
+        }
+    }
 }
 
 /// Phase `identity`: the claims header value, the verified payload as sent. The token

@@ -488,15 +488,35 @@ impl Drop for Harness {
     }
 }
 
-/// The value of one series in a Prometheus text exposition. A series that is not there
-/// fails the test: a renamed metric must not pass every `== 0` assertion.
+/// The sum of the series a selector names in a Prometheus text exposition:
+/// `jwtgate_rejections_total{reason="expired"}` adds up every series of the family whose
+/// labels include `reason="expired"` (whatever its `route`). A family that is not there
+/// fails the test: a renamed metric must not pass every `== 0` assertion. A series of a
+/// present family that has not counted yet (rejection series appear on first use) is 0.
 pub fn metric_value(text: &str, series: &str) -> f64 {
+    let (family, wanted) = match series.split_once('{') {
+        Some((f, labels)) => (f, labels.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    let wanted: Vec<&str> = wanted.split(',').filter(|l| !l.is_empty()).collect();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("# TYPE {family} "))),
+        "no family {family} in /metrics"
+    );
     text.lines()
-        .find_map(|l| {
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
+            let (n, labels) = match name.split_once('{') {
+                Some((n, labels)) => (n, labels.trim_end_matches('}')),
+                None => (name, ""),
+            };
+            let have: Vec<&str> = labels.split(',').collect();
+            (n == family && wanted.iter().all(|w| have.contains(w)))
+                .then(|| value.parse::<f64>().ok())?
         })
-        .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+        .sum()
 }
 
 pub fn rand_u64() -> u64 {
