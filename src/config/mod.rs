@@ -437,6 +437,17 @@ impl Config {
             &config.token.sources,
             &mut p,
         );
+        config.cross_checks(&mut p);
+        if p.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(p.0))
+        }
+    }
+
+    /// Rules between sections.
+    fn cross_checks(&self, p: &mut Problems) {
+        let config = self;
         if let Some(r) = &config.revocation {
             if r.notify.is_some() && !config.issuers.iter().any(|i| i.profile == Profile::Wso2) {
                 p.push(
@@ -454,11 +465,6 @@ impl Config {
                     "WSO2 records apply to profile = \"wso2\" issuers only, and none is configured",
                 );
             }
-        }
-        if p.0.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(p.0))
         }
     }
 

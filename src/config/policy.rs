@@ -554,93 +554,103 @@ pub(super) fn validate_sources(
     let mut out = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
         let k = |f: &str| format!("token.sources[{i}].{f}");
-        let kinds = [r.header.is_some(), r.cookie.is_some(), r.query.is_some()];
-        if kinds.iter().filter(|x| **x).count() != 1 {
-            p.push(
-                k("header"),
-                "a source is exactly one of header, cookie, query",
-            );
+        let Some(source) = token_source(&k, r, p) else {
             continue;
-        }
-        if r.header.is_none() && (r.scheme.is_some() || r.prefix.is_some()) {
-            p.push(
-                k("scheme"),
-                "scheme and prefix apply to a header source only",
-            );
-        }
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&'*+-.^_`|~".contains(&b))
         };
-        let source = if let Some(h) = r.header {
-            let header = match HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) if n == http::header::COOKIE => {
-                    p.push(k("header"), "write cookie = \"NAME\" for a cookie source");
-                    continue;
-                }
-                Ok(n) if n != http::header::AUTHORIZATION && crate::hop::is_reserved(&n) => {
-                    p.push(
-                        k("header"),
-                        "a hop-by-hop, Host, Content-* or forwarding header cannot carry a token",
-                    );
-                    continue;
-                }
-                Ok(n) => n,
-                Err(_) => {
-                    p.push(k("header"), format!("{h:?} is not a valid header name"));
-                    continue;
-                }
-            };
-            if r.scheme.is_some() && r.prefix.is_some() {
-                p.push(
-                    k("prefix"),
-                    "a header source takes scheme or prefix, not both",
-                );
-            }
-            if r.scheme.as_deref().is_some_and(|s| !name_ok(s)) {
-                p.push(
-                    k("scheme"),
-                    "an authentication scheme is one token, such as Bearer",
-                );
-            }
-            if r.prefix.as_deref().is_some_and(str::is_empty) {
-                p.push(
-                    k("prefix"),
-                    "must not be empty (remove it to take the whole value)",
-                );
-            }
-            TokenSource::Header {
-                header,
-                scheme: r.scheme,
-                prefix: r.prefix,
-            }
-        } else if let Some(c) = r.cookie {
-            if !name_ok(&c) {
-                p.push(k("cookie"), "not a cookie name (RFC 6265 token characters)");
-            }
-            TokenSource::Cookie { cookie: c }
-        } else {
-            let q = r.query.unwrap_or_default();
-            if q.is_empty() || q.contains(['&', '=', '#']) {
-                p.push(k("query"), "a query parameter name: non-empty, no & = #");
-            }
-            TokenSource::Query { query: q }
+        let (kind, name) = match &source {
+            TokenSource::Header { header, .. } => ("header", header.as_str()),
+            TokenSource::Cookie { cookie } => ("cookie", cookie.as_str()),
+            TokenSource::Query { query } => ("query", query.as_str()),
         };
-        let identity = match &source {
-            TokenSource::Header { header, .. } => format!("header {header}"),
-            TokenSource::Cookie { cookie } => format!("cookie {cookie}"),
-            TokenSource::Query { query } => format!("query {query}"),
-        };
-        if !seen.insert(identity.clone()) {
-            p.push(
-                k(identity.split(' ').next().unwrap_or("header")),
-                format!("{identity} is already a source"),
-            );
+        if !seen.insert(format!("{kind} {name}")) {
+            p.push(k(kind), format!("{kind} {name:?} is already a source"));
         }
         out.push(source);
     }
     out
+}
+
+/// RFC 7230 token characters (schemes, cookie names).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&'*+-.^_`|~".contains(&b))
+}
+
+/// One `[[token.sources]]` entry: exactly one of header, cookie, query.
+fn token_source(
+    k: &dyn Fn(&str) -> String,
+    r: RawTokenSource,
+    p: &mut Problems,
+) -> Option<TokenSource> {
+    let kinds = [r.header.is_some(), r.cookie.is_some(), r.query.is_some()];
+    if kinds.iter().filter(|x| **x).count() != 1 {
+        p.push(
+            k("header"),
+            "a source is exactly one of header, cookie, query",
+        );
+        return None;
+    }
+    if r.header.is_none() && (r.scheme.is_some() || r.prefix.is_some()) {
+        p.push(
+            k("scheme"),
+            "scheme and prefix apply to a header source only",
+        );
+    }
+    if let Some(c) = r.cookie {
+        if !is_token(&c) {
+            p.push(k("cookie"), "not a cookie name (RFC 6265 token characters)");
+        }
+        return Some(TokenSource::Cookie { cookie: c });
+    }
+    if let Some(q) = r.query {
+        if q.is_empty() || q.contains(['&', '=', '#']) {
+            p.push(k("query"), "a query parameter name: non-empty, no & = #");
+        }
+        return Some(TokenSource::Query { query: q });
+    }
+    let h = r.header.unwrap_or_default();
+    let header = match HeaderName::from_bytes(h.as_bytes()) {
+        Ok(n) if n == http::header::COOKIE => {
+            p.push(k("header"), "write cookie = \"NAME\" for a cookie source");
+            return None;
+        }
+        Ok(n) if n != http::header::AUTHORIZATION && crate::hop::is_reserved(&n) => {
+            p.push(
+                k("header"),
+                "a hop-by-hop, Host, Content-* or forwarding header cannot carry a token",
+            );
+            return None;
+        }
+        Ok(n) => n,
+        Err(_) => {
+            p.push(k("header"), format!("{h:?} is not a valid header name"));
+            return None;
+        }
+    };
+    if r.scheme.is_some() && r.prefix.is_some() {
+        p.push(
+            k("prefix"),
+            "a header source takes scheme or prefix, not both",
+        );
+    }
+    if r.scheme.as_deref().is_some_and(|s| !is_token(s)) {
+        p.push(
+            k("scheme"),
+            "an authentication scheme is one token, such as Bearer",
+        );
+    }
+    if r.prefix.as_deref().is_some_and(str::is_empty) {
+        p.push(
+            k("prefix"),
+            "must not be empty (remove it to take the whole value)",
+        );
+    }
+    Some(TokenSource::Header {
+        header,
+        scheme: r.scheme,
+        prefix: r.prefix,
+    })
 }
 
 /// `jwtgate check`'s warnings about routes no request can reach: an earlier route takes
