@@ -139,7 +139,7 @@ fn main() -> ExitCode {
 fn check(config: &std::path::Path) -> ExitCode {
     match load(config, None, None, None) {
         Ok(c) => {
-            print!("{}", c.to_effective_toml());
+            print!("{}{}", c.route_summary(), c.to_effective_toml());
             for w in c.warnings() {
                 eprintln!("warning: {w}");
             }

@@ -117,6 +117,75 @@ push_token = "push-token-0123456789"
 }
 
 #[test]
+fn check_prints_routes_in_match_order_and_warns_about_shadows() {
+    let cfg = write_config(
+        r#"
+[upstream]
+url = "http://127.0.0.1:8081"
+[[issuers]]
+name = "km"
+issuer = "https://km.example.com/oauth2/token"
+jwks_uri = "https://km.example.com/oauth2/jwks"
+audiences = ["api://orders"]
+[policy]
+default_auth = "optional"
+[[routes]]
+name = "api"
+path_prefix = "/api/"
+methods = ["GET"]
+scopes_all = ["read"]
+[[routes]]
+name = "api-x"
+path_exact = "/api/x"
+methods = ["HEAD"]
+[[routes]]
+name = "health"
+path_prefix = "/healthz"
+auth = "public"
+"#,
+    );
+    let out = check_ok(&cfg.0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stdout.lines().take(4).collect();
+    assert_eq!(
+        lines,
+        [
+            "# routes, in match order (the first match wins; no match: default_auth = \"optional\")",
+            "#   1. api prefix /api GET,HEAD required (all of read)",
+            "#   2. api-x exact /api/x HEAD required",
+            "#   3. health prefix /healthz any method public",
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: routes[1] (\"api-x\") is shadowed by routes[0] (\"api\")"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: policy.default_auth = \"optional\""),
+        "{stderr}"
+    );
+    // A route mistake is a config error naming the key, exit 64.
+    let bad = write_config(
+        &std::fs::read_to_string(&cfg.0)
+            .unwrap()
+            .replace("/api/x", "/api/./x"),
+    );
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&bad.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("routes[1].path_exact: \"/api/./x\" is not normalized"),
+        "{err}"
+    );
+}
+
+#[test]
 fn serve_rejects_bad_config_before_binding_any_port() {
     // Hold the port: if jwtgate tried to bind before validating it would fail differently.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

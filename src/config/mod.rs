@@ -540,6 +540,54 @@ impl Config {
         w
     }
 
+    /// The routes in match order, one line each, for `jwtgate check` (TOML comments, so
+    /// the output stays a valid config).
+    pub fn route_summary(&self) -> String {
+        let mut out = format!(
+            "# routes, in match order (the first match wins; no match: default_auth = \"{}\")\n",
+            self.policy.default_auth.label()
+        );
+        for (i, r) in self.routes.iter().enumerate() {
+            let (kind, path) = match &r.path {
+                PathMatch::PathPrefix(p) => ("prefix", p),
+                PathMatch::PathExact(p) => ("exact", p),
+                PathMatch::PathRegex(p) => ("regex", p),
+            };
+            let methods = r.methods.as_ref().map_or("any method".to_owned(), |ms| {
+                let mut ms = ms.clone();
+                if ms.iter().any(|m| m == "GET") && !ms.iter().any(|m| m == "HEAD") {
+                    ms.push("HEAD".into());
+                }
+                ms.join(",")
+            });
+            let mut needs = Vec::new();
+            if !r.issuers.is_empty() {
+                needs.push(format!("issuers {}", r.issuers.join(",")));
+            }
+            if !r.scopes_all.is_empty() {
+                needs.push(format!("all of {}", r.scopes_all.join(" ")));
+            }
+            if !r.scopes_any.is_empty() {
+                needs.push(format!("any of {}", r.scopes_any.join(" ")));
+            }
+            for c in &r.claims {
+                needs.push(format!("claim {}", c.path));
+            }
+            out.push_str(&format!(
+                "#   {}. {} {kind} {path} {methods} {}{}\n",
+                i + 1,
+                r.name,
+                r.auth.label(),
+                if needs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", needs.join("; "))
+                }
+            ));
+        }
+        out
+    }
+
     /// The effective config as TOML, for `jwtgate check`; secrets print as `<redacted>`.
     pub fn to_effective_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))

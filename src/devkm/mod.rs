@@ -85,6 +85,7 @@ pub fn echo_upstream(
                 "upstream": "echo",
                 "method": req.method().as_str(),
                 "path": req.uri().path(),
+                "user": req.headers().get("x-user").and_then(|v| v.to_str().ok()),
                 "claims": claims,
             }),
         )
@@ -141,6 +142,17 @@ poll_interval_s = 2
 max_sync_age_s = 60
 push_token = "{push_token}"
 max_token_lifetime_s = 86400
+[forward.claim_headers]
+"x-user" = "sub"
+[[routes]]
+name = "health"
+path_prefix = "/health"
+auth = "public"
+[[routes]]
+name = "orders-write"
+path_prefix = "/orders"
+methods = ["POST", "PUT", "PATCH", "DELETE"]
+scopes_all = ["orders:write"]
 "#,
             listen = opts.listen,
             admin = opts.admin_listen,
@@ -180,6 +192,11 @@ max_token_lifetime_s = 86400
     let pair = km.issue("dev-client", "alice", "orders:read");
     let token = pair["access_token"].as_str().unwrap_or_default().to_owned();
     let tampered = tamper(&token);
+    let writer = km.issue("dev-client", "alice", "orders:read orders:write");
+    let writer = writer["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let km = format!("http://{km_addr}");
     let api = format!("http://{proxy}");
     let grab = |var: &str, field: &str| {
@@ -189,9 +206,11 @@ max_token_lifetime_s = 86400
         r#"jwtgate dev: proxy on {api}, admin on http://{admin}
   reference key manager {km} (JWKS {km}/oauth2/jwks, feed {km}/revocations), echo upstream http://{upstream_addr}
 
-A token valid for 15 minutes (RS256, sub=alice, aud=api://dev):
+Two tokens valid for 15 minutes (RS256, sub=alice, aud=api://dev), scope orders:read,
+and scope "orders:read orders:write":
 
 TOKEN={token}
+WRITER={writer}
 
   # 200: valid token, forwarded; the upstream echoes the verified claims
   curl -i -H "Authorization: Bearer $TOKEN" {api}/orders
@@ -201,6 +220,17 @@ TOKEN={token}
 
   # 401: no token at all
   curl -i {api}/orders
+
+Routes (the first match wins; paths are normalized first, so /x/../orders is /orders):
+
+  # 200 without a token: /health is a public route
+  curl -i {api}/health
+  # 403 insufficient_scope: writes to /orders need orders:write
+  curl -i -X POST -H "Authorization: Bearer $TOKEN" {api}/orders
+  # 200: the writer token has it; the upstream gets x-user: alice from the claim
+  curl -i -X POST -H "Authorization: Bearer $WRITER" {api}/orders
+  # 401: a path that walks out of /health is decided as where it lands
+  curl -i --path-as-is {api}/health/../orders
 
   # readiness and metrics
   curl -s http://{admin}/readyz; curl -s http://{admin}/metrics | grep ^jwtgate_
