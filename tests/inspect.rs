@@ -245,3 +245,71 @@ async fn inspect_reads_a_corrupt_snapshot_without_moving_it_and_refuses_empty_in
         assert_eq!(out.status.code(), Some(65), "{input:?}");
     }
 }
+
+/// `--method` and `--path` decide the route as the proxy does: normalized first, a public
+/// route accepts any token, a scope route names `insufficient_scope` like the proxy's 403.
+#[tokio::test]
+async fn inspect_decides_the_route_from_method_and_path() {
+    let key = DevKey::rsa("k1");
+    let h = Harness::start_with(
+        jwks_of(&[(&key, None)]),
+        Options {
+            extra: "[[routes]]\nname = \"health\"\npath_prefix = \"/health\"\nauth = \"public\"\n\
+                    [[routes]]\nname = \"writes\"\npath_prefix = \"/orders\"\nmethods = [\"POST\"]\n\
+                    scopes_all = [\"orders:write\"]\n"
+                .into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let dir = TempDir::new();
+    let mut claims = h.claims();
+    claims["scope"] = json!("orders:read");
+    let reader = key.token(&claims);
+
+    let i = inspect(&h, &dir, "not-a-token", &["--path", "/health/x"]).await;
+    assert_eq!(
+        (i.code, &i.json["route"], &i.json["verdict"]),
+        (0, &json!("health"), &json!("accepted")),
+        "{}",
+        i.json
+    );
+
+    let i = inspect(
+        &h,
+        &dir,
+        &reader,
+        &["--method", "POST", "--path", "/health/../orders/1"],
+    )
+    .await;
+    assert_eq!(i.code, 1, "{}", i.json);
+    assert_eq!(i.json["route"], "writes");
+    assert_eq!(i.json["reason"], "insufficient_scope");
+    // The proxy agrees: 403 with the same reason, nothing forwarded.
+    let before = h.upstream.count();
+    let resp = h
+        .http
+        .post(h.url("/orders/1"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(h.upstream.count(), before);
+
+    let i = inspect(&h, &dir, &reader, &["--path", "/orders/1"]).await;
+    assert_eq!(
+        (i.code, &i.json["route"]),
+        (0, &json!("default")),
+        "{}",
+        i.json
+    );
+
+    let i = inspect(&h, &dir, &reader, &["--path", "/a/%2e%2e/%2e%2e/x"]).await;
+    assert_eq!(
+        (i.code, &i.json["route"], &i.json["reason"]),
+        (1, &json!("none"), &json!("bad_path")),
+        "{}",
+        i.json
+    );
+}
