@@ -5,6 +5,7 @@
 #
 #   bench/ab.sh BASE_BIN [NEW_BIN] [PEERS_STATE_DIR]    # NEW_BIN: target/release/jwtgate
 #   ROUNDS=7 DURATION=8s ALG=es256 CACHE_ENTRIES=0 bench/ab.sh /tmp/jwtgate-old
+#   NEW_EXTRA=bench/routes-10.toml bench/ab.sh /tmp/jwtgate-old   # NEW runs with ten routes
 #
 # Same layout as load.sh: nginx and wrk on CPU 0, each proxy alone on CPU 1.
 set -euo pipefail
@@ -19,7 +20,7 @@ token="$(cat "$state/tokens/valid-$alg.jwt")"
 
 start_upstream 18780
 bin="$base" start_jwtgate base 18781 18791 18780
-bin="$new" start_jwtgate new 18782 18792 18780
+bin="$new" extra="${NEW_EXTRA:-}" start_jwtgate new 18782 18792 18780
 start_haproxy 18783 18780
 port_of() { case $1 in haproxy) echo 18783;; base) echo 18781;; new) echo 18782;; esac; }
 pid_of() { case $1 in haproxy) echo "$haproxy_pid";; base) echo "$jwtgate_pid_base";; new) echo "$jwtgate_pid_new";; esac; }

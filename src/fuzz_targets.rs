@@ -14,7 +14,7 @@ use crate::revocation::{record, snapshot};
 pub type Target = fn(&[u8]);
 
 /// The targets, by the name of their corpus directory.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("token", token),
     ("jwks", jwks),
     ("snapshot", snapshot_bytes),
@@ -23,6 +23,7 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("wso2_feed", wso2_feed),
     ("notify", notify),
     ("config", config),
+    ("path", path),
 ];
 
 /// The whole `Authenticator` decision on a token, against a fixed key set (the
@@ -91,6 +92,52 @@ pub fn config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let env = |name: &str| (name == "SET").then(|| "value".to_owned());
         let _ = Config::from_toml_str(text, &env);
+    }
+}
+
+/// A request path through normalization, both with and without `;` allowed. What comes
+/// out must be canonical — normalizing it again changes nothing, and no `//`, dot segment,
+/// encoded unreserved byte, lower-case hex or refused encoding is left — or a matcher and
+/// an upstream could still read it two ways: a violation panics, which the fuzzer reports.
+pub fn path(data: &[u8]) {
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
+    for allow in [false, true] {
+        let Ok(n) = crate::path::normalize(raw, allow) else {
+            continue;
+        };
+        let out = n.forward.as_ref();
+        let again = crate::path::normalize(out, allow).expect("a normalized path normalizes");
+        assert_eq!(again.forward, out, "normalization is idempotent");
+        assert_eq!(again.matching, n.matching, "matching form is stable");
+        assert!(out.starts_with('/') && !out.contains("//"), "{out:?}");
+        for seg in out.split('/') {
+            assert!(seg != "." && seg != "..", "dot segment left in {out:?}");
+        }
+        let b = out.as_bytes();
+        for (i, &c) in b.iter().enumerate() {
+            assert!((0x21..=0x7e).contains(&c) && c != b'\\', "{out:?}");
+            if c == b'%' {
+                let hex = &out[i + 1..i + 3];
+                assert_eq!(
+                    hex,
+                    hex.to_ascii_uppercase(),
+                    "lower-case hex left in {out:?}"
+                );
+                let v = u8::from_str_radix(hex, 16).expect("well-formed escape");
+                assert!(
+                    !(v.is_ascii_alphanumeric()
+                        || b"-._~/\\".contains(&v)
+                        || v < 0x20
+                        || v == 0x7f),
+                    "{out:?}"
+                );
+            }
+        }
+        if !allow {
+            assert!(!out.contains(';') && !out.contains("%3B"), "{out:?}");
+        }
     }
 }
 

@@ -161,6 +161,14 @@ impl Policy {
     pub fn route(&self, method: &str, path: &str) -> RouteId {
         let mut regex_hits: Option<regex::SetMatches> = None;
         for (i, r) in self.routes.iter().enumerate() {
+            // The method first: a string compare or two, before any path work.
+            let method_ok = r.methods.as_ref().is_none_or(|ms| {
+                ms.iter()
+                    .any(|m| m == method || (m == "GET" && method == "HEAD"))
+            });
+            if !method_ok {
+                continue;
+            }
             let path_ok = match &r.matcher {
                 Matcher::Prefix(p) => PathMatch::prefix_matches(p, path),
                 Matcher::Exact(p) => p == path,
@@ -168,11 +176,7 @@ impl Policy {
                     .get_or_insert_with(|| self.regexes.matches(path))
                     .matched(*k),
             };
-            let method_ok = r.methods.as_ref().is_none_or(|ms| {
-                ms.iter()
-                    .any(|m| m == method || (m == "GET" && method == "HEAD"))
-            });
-            if path_ok && method_ok {
+            if path_ok {
                 return RouteId::Configured(i);
             }
         }
