@@ -144,12 +144,12 @@ impl Admin {
         }
     }
 
-    /// The push token, if revocation is configured with one.
-    fn push_token(&self) -> Option<&str> {
+    /// The push token, if revocation is configured with one (as of the last reload).
+    fn push_token(&self) -> Option<String> {
         self.revocation
             .as_ref()
-            .and_then(|r| r.config().push_token.as_ref())
-            .map(|t| t.expose())
+            .and_then(|r| r.settings().cfg.push_token.clone())
+            .map(|t| t.expose().to_owned())
     }
 
     fn bearer_ok(&self, req: &Request<Incoming>, expected: &str) -> bool {
@@ -163,7 +163,7 @@ impl Admin {
                 "push is not configured (revocation.push_token)\n",
             );
         };
-        if !self.bearer_ok(&req, token) {
+        if !self.bearer_ok(&req, &token) {
             rev.metrics()
                 .event(RevocationSource::Push, EventResult::Unauthorized, 1);
             return unauthorized("Bearer realm=\"jwtgate-admin\"");
@@ -209,7 +209,8 @@ impl Admin {
         let Some(rev) = &self.revocation else {
             return text(StatusCode::NOT_FOUND, "notify is not configured\n");
         };
-        let Some(creds) = &rev.config().notify else {
+        let settings = rev.settings();
+        let Some(creds) = &settings.cfg.notify else {
             return text(
                 StatusCode::NOT_FOUND,
                 "notify is not configured (revocation.notify_username)\n",
@@ -250,7 +251,7 @@ impl Admin {
         let Some(token) = self.push_token() else {
             return text(StatusCode::NOT_FOUND, "needs revocation.push_token\n");
         };
-        if !self.bearer_ok(&req, token) {
+        if !self.bearer_ok(&req, &token) {
             return unauthorized("Bearer realm=\"jwtgate-admin\"");
         }
         let mut results = serde_json::Map::new();

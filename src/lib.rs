@@ -74,7 +74,6 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::jwks::IssuerKeys;
 use crate::metrics::Metrics;
-use crate::reject::Reason;
 use crate::revocation::Revocation;
 
 /// Why the app could not start (after the config itself was valid).
@@ -261,9 +260,10 @@ async fn rejection_summary(
     metrics: Arc<proxy::ProxyMetrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut last: Vec<u64> = Reason::ALL
-        .iter()
-        .map(|r| metrics.rejections.value(*r))
+    let mut last: Vec<u64> = metrics
+        .rejected_by_reason()
+        .into_iter()
+        .map(|(_, n)| n)
         .collect();
     loop {
         tokio::select! {
@@ -271,8 +271,7 @@ async fn rejection_summary(
             _ = stop.changed() => return,
         }
         let mut summary = String::new();
-        for (i, r) in Reason::ALL.iter().enumerate() {
-            let now = metrics.rejections.value(*r);
+        for (i, (r, now)) in metrics.rejected_by_reason().into_iter().enumerate() {
             let delta = now.saturating_sub(last[i]);
             last[i] = now;
             if delta > 0 {

@@ -40,7 +40,10 @@ const MAX_KIDLESS_CANDIDATES: usize = 4;
 ///
 /// Kept small on purpose: one lives in the verified-token cache per distinct token.
 pub struct Verified {
-    /// Index of the issuer in the config.
+    /// The config generation whose authenticator verified it: a verdict is honoured only
+    /// by that generation (DESIGN §9).
+    pub generation: u64,
+    /// Index of the issuer in that generation's config.
     pub issuer: usize,
     /// The key that verified the token (a cache hit counts only while it is published).
     key: Arc<VerifyKey>,
@@ -183,7 +186,32 @@ struct Issuer {
     keys: Arc<IssuerKeys>,
 }
 
+/// The verified-token cache counters, registered once and shared by every generation's
+/// authenticator.
+#[derive(Clone)]
+pub struct AuthMetrics {
+    hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
+}
+
+impl AuthMetrics {
+    pub fn register(metrics: &Metrics) -> AuthMetrics {
+        AuthMetrics {
+            hits: metrics.counter(
+                "jwtgate_token_cache_hits_total",
+                "Tokens served from the verified-token cache.",
+            ),
+            misses: metrics.counter(
+                "jwtgate_token_cache_misses_total",
+                "Tokens not in the verified-token cache (verified in full).",
+            ),
+        }
+    }
+}
+
 pub struct Authenticator {
+    /// The config generation this authenticator (and its cache) belongs to.
+    generation: u64,
     issuers: Vec<Issuer>,
     by_iss: HashMap<String, usize>,
     cache: Option<moka::sync::Cache<TokenHash, Arc<Verified>, CacheHasher>>,
@@ -200,6 +228,18 @@ impl Authenticator {
         keys: &[Arc<IssuerKeys>],
         clock: Arc<dyn Clock>,
         metrics: &Metrics,
+    ) -> Authenticator {
+        Authenticator::for_generation(config, keys, clock, AuthMetrics::register(metrics), 1)
+    }
+
+    /// The authenticator of one config generation: its own cache (a verdict of another
+    /// generation is never a hit), counters shared with the others.
+    pub fn for_generation(
+        config: &Config,
+        keys: &[Arc<IssuerKeys>],
+        clock: Arc<dyn Clock>,
+        metrics: AuthMetrics,
+        generation: u64,
     ) -> Authenticator {
         let issuers: Vec<Issuer> = config
             .issuers
@@ -224,19 +264,14 @@ impl Authenticator {
                 .build_with_hasher(CacheHasher::default())
         });
         Authenticator {
+            generation,
             issuers,
             by_iss,
             cache,
             max_token_bytes: config.limits.max_token_bytes,
             clock,
-            cache_hits: metrics.counter(
-                "jwtgate_token_cache_hits_total",
-                "Tokens served from the verified-token cache.",
-            ),
-            cache_misses: metrics.counter(
-                "jwtgate_token_cache_misses_total",
-                "Tokens not in the verified-token cache (verified in full).",
-            ),
+            cache_hits: metrics.hits,
+            cache_misses: metrics.misses,
         }
     }
 
@@ -264,6 +299,11 @@ impl Authenticator {
         ))
     }
 
+    /// The config generation this authenticator belongs to.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The configuration of issuer `i` (as in `Verified::issuer`).
     pub fn issuer(&self, i: usize) -> &IssuerConfig {
         &self.issuers[i].cfg
@@ -275,7 +315,10 @@ impl Authenticator {
         self.cache.as_ref()?;
         let guard = last.0.lock().ok()?;
         let (seen, verified) = guard.as_ref()?;
-        if seen.as_str() != token || !self.still_valid(verified) {
+        if seen.as_str() != token
+            || verified.generation != self.generation
+            || !self.still_valid(verified)
+        {
             return None;
         }
         self.cache_hits.inc();
@@ -403,6 +446,7 @@ impl Authenticator {
         let window = self.check_claims(&issuer.cfg, &claims, t)?;
         Ok(Fresh {
             verified: Verified {
+                generation: self.generation,
                 issuer: issuer_idx,
                 key,
                 window,
@@ -493,7 +537,14 @@ impl Authenticator {
     /// A cached verdict still stands: inside its time window, key still published (cache
     /// hits, the per-connection repeat, and open tunnels).
     pub fn still_valid(&self, v: &Verified) -> bool {
-        let issuer = &self.issuers[v.issuer];
+        // A verdict of another generation names an issuer of another config.
+        let Some(issuer) = self
+            .issuers
+            .get(v.issuer)
+            .filter(|_| v.generation == self.generation)
+        else {
+            return false;
+        };
         v.window.check(self.clock.now()).is_ok()
             && issuer
                 .keys

@@ -86,7 +86,7 @@ pub enum KeySource {
     DiscoveryUrl(#[serde(serialize_with = "ser_display")] reqwest::Url),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
@@ -103,7 +103,7 @@ pub struct Config {
     pub token: TokenConfig,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
@@ -183,7 +183,7 @@ impl Serialize for Cidr {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpstreamConfig {
     /// `http://host:port`, no path: the request's own path and query are appended.
     #[serde(serialize_with = "ser_display")]
@@ -194,7 +194,7 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IssuerConfig {
     pub name: String,
     pub issuer: String,
@@ -209,7 +209,7 @@ pub struct IssuerConfig {
     pub profile: Profile,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JwksConfig {
     #[serde(serialize_with = "ser_secs")]
     pub refresh_interval: Duration,
@@ -219,12 +219,12 @@ pub struct JwksConfig {
     pub max_stale: Duration,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CacheConfig {
     pub max_entries: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LimitsConfig {
     pub max_token_bytes: usize,
     pub max_header_bytes: usize,
@@ -238,7 +238,7 @@ pub struct LimitsConfig {
     pub h2_max_concurrent_streams: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ForwardConfig {
     #[serde(serialize_with = "ser_display")]
     pub claims_header: HeaderName,
@@ -288,7 +288,7 @@ pub enum OnStale {
 }
 
 /// A poll source of revocation records.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FeedConfig {
     #[serde(serialize_with = "ser_display")]
     pub url: reqwest::Url,
@@ -302,13 +302,13 @@ pub struct FeedConfig {
 }
 
 /// Basic-auth credentials of the WSO2 key manager's notify events.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NotifyConfig {
     pub username: String,
     pub password: Secret,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RevocationConfig {
     pub feed: Option<FeedConfig>,
     pub snapshot_path: Option<PathBuf>,

@@ -128,7 +128,7 @@ pub struct ClaimRule {
     pub values: Vec<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteConfig {
     pub name: String,
     #[serde(flatten)]
@@ -185,7 +185,7 @@ fn ser_claim_rules<S: serde::Serializer>(rules: &[ClaimRule], s: S) -> Result<S:
     map.end()
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PolicyConfig {
     pub default_auth: AuthMode,
     pub cors_preflight: CorsPreflight,
@@ -229,7 +229,7 @@ impl TokenSource {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TokenConfig {
     pub sources: Vec<TokenSource>,
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::header::{HeaderName, HeaderValue};
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use serde_json::Value;
 
 use crate::auth::{ClaimHeaderValue, Selected};
@@ -29,18 +29,22 @@ pub struct Selector {
 }
 
 impl Selector {
-    pub fn new(wants_scopes: bool, headers: &[ClaimHeader], metrics: &Metrics) -> Selector {
+    /// `jwtgate_claim_headers_unset_total`, registered once for every generation.
+    pub fn register_family(metrics: &Metrics) -> IntCounterVec {
+        metrics.counter_vec(
+            "jwtgate_claim_headers_unset_total",
+            "Requests forwarded without a claim header because the claim's value cannot be a header value.",
+            &["header"],
+        )
+    }
+
+    pub fn new(wants_scopes: bool, headers: &[ClaimHeader], family: &IntCounterVec) -> Selector {
         let mut s = Selector {
             wants_scopes,
             paths: Vec::new(),
             headers: Vec::new(),
             unset: Vec::new(),
         };
-        let family = metrics.counter_vec(
-            "jwtgate_claim_headers_unset_total",
-            "Requests forwarded without a claim header because the claim's value cannot be a header value.",
-            &["header"],
-        );
         for h in headers {
             let slot = s.slot(&h.claim);
             s.headers.push((h.name.clone(), slot));

@@ -71,9 +71,15 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Compiles the routes of a validated config.
+    /// Compiles the routes of a validated config, registering its metric family.
     pub fn new(config: &Config, metrics: &Metrics) -> Policy {
-        let mut selector = claims::Selector::new(false, &config.forward.claim_headers, metrics);
+        Policy::with_family(config, &claims::Selector::register_family(metrics))
+    }
+
+    /// Compiles the routes of a validated config; `unset` is
+    /// `jwtgate_claim_headers_unset_total` (every generation counts into the same family).
+    pub fn with_family(config: &Config, unset: &prometheus::IntCounterVec) -> Policy {
+        let mut selector = claims::Selector::new(false, &config.forward.claim_headers, unset);
         let mut patterns = Vec::new();
         let routes = config
             .routes

@@ -58,42 +58,37 @@ impl UpstreamErrorKind {
 }
 
 /// `jwtgate_requests_total`, `jwtgate_rejections_total`, `jwtgate_upstream_errors_total`
-/// and `jwtgate_request_duration_seconds`.
+/// and `jwtgate_request_duration_seconds`: registered once; each config generation takes
+/// its own [`RouteMetrics`] view for its route names.
 pub struct ProxyMetrics {
-    pub requests: ByRoute<Outcome>,
-    pub rejections: ByRoute<Reason>,
+    requests: IntCounterVec,
+    rejections: IntCounterVec,
     pub upstream_errors: Labeled<UpstreamErrorKind>,
     pub request_duration: Histogram,
 }
 
+/// The request and rejection counters of one generation, by its `route` label values
+/// (configured names, `default`, `preflight`, `none`). Every request series starts at 0,
+/// and so does every rejection series of the `default` route; other rejection series
+/// appear when they first count (reasons × routes would be thousands of zeros).
+pub struct RouteMetrics {
+    pub requests: ByRoute<Outcome>,
+    pub rejections: ByRoute<Reason>,
+}
+
 impl ProxyMetrics {
-    /// Registers the families; `routes` are the `route` label values (configured names,
-    /// `default`, `preflight`, `none`). Every request series starts at 0, and so does every
-    /// rejection series of the `default` route; other rejection series appear when they
-    /// first count (reasons × routes would be thousands of zeros).
-    pub fn register(m: &Metrics, routes: Vec<String>) -> ProxyMetrics {
+    /// Registers the families.
+    pub fn register(m: &Metrics) -> ProxyMetrics {
         ProxyMetrics {
-            requests: ByRoute::new(
-                m.counter_vec(
-                    "jwtgate_requests_total",
-                    "Requests on the proxy listener by outcome and route.",
-                    &["outcome", "route"],
-                ),
-                &Outcome::ALL,
-                Outcome::label,
-                routes.clone(),
-                Eager::All,
+            requests: m.counter_vec(
+                "jwtgate_requests_total",
+                "Requests on the proxy listener by outcome and route.",
+                &["outcome", "route"],
             ),
-            rejections: ByRoute::new(
-                m.counter_vec(
-                    "jwtgate_rejections_total",
-                    "Rejected requests by reason and route.",
-                    &["reason", "route"],
-                ),
-                &Reason::ALL,
-                Reason::label,
-                routes,
-                Eager::Route("default"),
+            rejections: m.counter_vec(
+                "jwtgate_rejections_total",
+                "Rejected requests by reason and route.",
+                &["reason", "route"],
             ),
             upstream_errors: m.labeled(
                 "jwtgate_upstream_errors_total",
@@ -111,6 +106,61 @@ impl ProxyMetrics {
                 ],
             ),
         }
+    }
+
+    /// The counters of a generation whose routes have these label values.
+    pub fn for_routes(&self, routes: Vec<String>) -> RouteMetrics {
+        RouteMetrics {
+            requests: ByRoute::new(
+                self.requests.clone(),
+                &Outcome::ALL,
+                Outcome::label,
+                routes.clone(),
+                Eager::All,
+            ),
+            rejections: ByRoute::new(
+                self.rejections.clone(),
+                &Reason::ALL,
+                Reason::label,
+                routes,
+                Eager::Route("default"),
+            ),
+        }
+    }
+
+    /// Drops the series of routes a reload removed, so the label set stays bounded by the
+    /// routes configured now (a request still in flight on the old generation counts into
+    /// a detached child: one count may be lost, never a series kept forever).
+    pub fn forget_routes(&self, gone: &[String]) {
+        for route in gone {
+            for o in Outcome::ALL {
+                let _ = self.requests.remove_label_values(&[o.label(), route]);
+            }
+            for r in Reason::ALL {
+                let _ = self.rejections.remove_label_values(&[r.label(), route]);
+            }
+        }
+    }
+
+    /// Rejections so far by reason, over every route (the periodic summary log).
+    pub fn rejected_by_reason(&self) -> Vec<(Reason, u64)> {
+        let families = prometheus::core::Collector::collect(&self.rejections);
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                let n = families
+                    .iter()
+                    .flat_map(|f| f.get_metric())
+                    .filter(|m| {
+                        m.get_label()
+                            .iter()
+                            .any(|l| l.name() == "reason" && l.value() == r.label())
+                    })
+                    .map(|m| m.get_counter().get_value() as u64)
+                    .sum();
+                (*r, n)
+            })
+            .collect()
     }
 }
 

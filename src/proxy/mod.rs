@@ -37,7 +37,7 @@ use crate::policy::{Policy, RouteId, sources};
 use crate::reject::{Reason, Reject};
 use crate::revocation::Revocation;
 use crate::revocation::{Facts, LifetimeBound, RevocationList, TokenFingerprints};
-pub use metrics::{Outcome, ProxyMetrics, UpstreamErrorKind};
+pub use metrics::{Outcome, ProxyMetrics, RouteMetrics, UpstreamErrorKind};
 use upstream::{UpstreamBody, UpstreamError, UpstreamPool};
 
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
@@ -114,7 +114,6 @@ impl Peer {
 }
 
 /// A request that passed every check, rewritten for the upstream.
-#[derive(Debug)]
 pub struct Prepared<B> {
     pub request: Request<B>,
     /// A validated WebSocket handshake: the client's key and its side of the upgrade.
@@ -124,26 +123,42 @@ pub struct Prepared<B> {
     verified: Option<Arc<Verified>>,
     /// The `route` label index.
     route: usize,
+    /// The generation that decided it (its counters count the outcome).
+    generation: Arc<Generation>,
+    /// For an upgrade: what to decide again under a later generation.
+    again: Option<Decision>,
+}
+
+impl<B> std::fmt::Debug for Prepared<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("uri", self.request.uri())
+            .field("route", &self.route)
+            .field("generation", &self.generation.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an open tunnel needs to be decided again under a later config generation: the
+/// request's method, normalized path and token.
+struct Decision {
+    method: http::Method,
+    path: String,
+    token: Option<String>,
 }
 
 pub struct Proxy {
-    auth: Arc<Authenticator>,
+    /// The generation new requests take (swapped whole by a reload).
+    current: arc_swap::ArcSwap<Generation>,
     revocation: Option<Arc<Revocation>>,
     upstream: Arc<UpstreamPool>,
-    /// `Host` for requests that arrive without one (HTTP/1.0).
-    upstream_host: HeaderValue,
     request_timeout: std::time::Duration,
-    claims_header: HeaderName,
-    /// Every header jwtgate sets from a token: the claims header, then the claim headers.
-    owned_headers: Arc<[HeaderName]>,
-    policy: Arc<Policy>,
-    strip_authorization: bool,
-    trusted_proxies: Vec<Cidr>,
     /// Open WebSocket tunnels, at most `max_connections` (an upgraded connection leaves
     /// the listener's count).
     tunnels: Arc<tokio::sync::Semaphore>,
-    retry_after: HeaderValue,
     metrics: Arc<ProxyMetrics>,
+    /// `jwtgate_claim_headers_unset_total`, shared by every generation's policy.
+    claim_unset: prometheus::IntCounterVec,
 }
 
 /// An open WebSocket tunnel is re-checked this often (time window, key, revocation) and
@@ -151,18 +166,18 @@ pub struct Proxy {
 pub const TUNNEL_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Proxy {
+    /// The proxy with `config` as generation 1.
     pub fn new(
         config: &Config,
         auth: Arc<Authenticator>,
         revocation: Option<Arc<Revocation>>,
         metrics: &Metrics,
     ) -> Proxy {
-        let uri = &config.upstream.url;
-        let policy = Arc::new(Policy::new(config, metrics));
-        let mut owned_headers = vec![config.forward.claims_header.clone()];
-        owned_headers.extend(policy.claim_header_names());
+        let families = Arc::new(ProxyMetrics::register(metrics));
+        let claim_unset = crate::policy::claims::Selector::register_family(metrics);
+        let first = build_generation(1, config, auth, &revocation, &families, &claim_unset);
         Proxy {
-            auth,
+            current: arc_swap::ArcSwap::from_pointee(first),
             revocation,
             upstream: UpstreamPool::new(
                 &config.upstream.url,
@@ -170,20 +185,43 @@ impl Proxy {
                 std::time::Duration::from_secs(90),
                 256,
             ),
-            upstream_host: uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                .unwrap_or_else(|| HeaderValue::from_static("127.0.0.1")),
             request_timeout: config.upstream.request_timeout,
-            claims_header: config.forward.claims_header.clone(),
-            owned_headers: owned_headers.into(),
-            metrics: Arc::new(ProxyMetrics::register(metrics, policy.labels())),
-            policy,
-            strip_authorization: config.forward.strip_authorization,
-            trusted_proxies: config.server.trusted_proxies.clone(),
             tunnels: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
-            retry_after: HeaderValue::from(config.jwks.min_refetch_interval.as_secs().clamp(1, 60)),
+            metrics: families,
+            claim_unset,
         }
+    }
+
+    /// A generation of `config` (already checked for restart-only changes) with its own
+    /// authenticator; nothing changes until [`Proxy::install`].
+    pub fn generation(&self, id: u64, config: &Config, auth: Arc<Authenticator>) -> Generation {
+        build_generation(
+            id,
+            config,
+            auth,
+            &self.revocation,
+            &self.metrics,
+            &self.claim_unset,
+        )
+    }
+
+    /// Makes `next` the generation new requests take; requests under way finish under
+    /// theirs. Series of routes that no longer exist are dropped.
+    pub fn install(&self, next: Generation) {
+        let new_labels = next.policy.labels();
+        let old = self.current.swap(Arc::new(next));
+        let gone: Vec<String> = old
+            .policy
+            .labels()
+            .into_iter()
+            .filter(|l| !new_labels.contains(l))
+            .collect();
+        self.metrics.forget_routes(&gone);
+    }
+
+    /// The generation in force.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
     }
 
     /// The request metric families (the rejection summary reads them).
@@ -206,7 +244,7 @@ impl Proxy {
             |tcp| async move { Ok(tcp) },
             move |addr| {
                 let proxy = self.clone();
-                let peer = Arc::new(Peer::new(addr, &proxy.trusted_proxies));
+                let peer = Arc::new(Peer::new(addr, &proxy.current().trusted_proxies));
                 hyper::service::service_fn(move |req| {
                     let proxy = proxy.clone();
                     let peer = peer.clone();
@@ -245,60 +283,232 @@ impl Proxy {
         req: Request<B>,
         peer: &Peer,
     ) -> Result<Prepared<B>, Response<ResponseBody>> {
+        let current = self.current.load_full();
+        let g = &*current;
         let mut cx = Pending {
             req,
             peer,
             route: RouteId::None,
         };
         // phase: shape
-        let scan = self.shape(&cx).map_err(|r| self.refuse(r, &cx))?;
+        let scan = g.shape(&cx).map_err(|r| g.refuse(r, &cx))?;
         // phase: path (normalized before matching; the upstream receives this form)
-        let path = self
+        let path = g
             .policy
             .normalize(cx.req.uri().path())
-            .map_err(|r| self.refuse((r, None), &cx))?;
+            .map_err(|r| g.refuse((r, None), &cx))?;
         // phase: route
-        cx.route = self.policy.route(cx.req.method().as_str(), &path.matching);
+        cx.route = g.policy.route(cx.req.method().as_str(), &path.matching);
         let new_path = match path.forward {
             Cow::Owned(p) => Some(p),
             Cow::Borrowed(_) => None,
         };
         // phase: extract (token sources; two tokens 400; a public route reads none)
-        let (found, route) = self
+        let (found, route) = g
             .extract(&cx.req, cx.route)
-            .map_err(|r| self.refuse((r, None), &cx))?;
+            .map_err(|r| g.refuse((r, None), &cx))?;
         cx.route = route;
         let token = found.as_ref().map(|f| &*f.token);
         // phase: verify (connection repeat, cache, or keys + signature + claims; a token
         // seen for the first time also passes token policy and gets its fingerprints)
         let verified = match token {
-            Some(t) => Some(
-                self.verify(t, peer)
-                    .await
-                    .map_err(|r| self.refuse(r, &cx))?,
-            ),
+            Some(t) => Some(g.verify(t, peer).await.map_err(|r| g.refuse(r, &cx))?),
             None => None,
         };
         if let (Some(t), Some(v)) = (token, &verified) {
             // phase: revocation
-            self.revocation_check(t, v)
-                .map_err(|r| self.refuse(r, &cx))?;
+            g.revocation_check(t, v).map_err(|r| g.refuse(r, &cx))?;
             // phase: requirements (the route's issuers, scopes, claims)
-            self.policy
+            g.policy
                 .requirements(cx.route, v)
-                .map_err(|r| self.refuse((r, Some(TokenHash::of(t).fingerprint())), &cx))?;
+                .map_err(|r| g.refuse((r, Some(TokenHash::of(t).fingerprint())), &cx))?;
         }
         // phase: identity
         let identity = token
             .map(identity)
             .transpose()
-            .map_err(|r| self.refuse(r, &cx))?;
+            .map_err(|r| g.refuse(r, &cx))?;
+        // A WebSocket tunnel keeps what it needs to be decided again under a later
+        // generation (DESIGN §9); a plain request keeps nothing.
+        let again = (cx.req.headers().contains_key(header::UPGRADE)).then(|| Decision {
+            method: cx.req.method().clone(),
+            path: new_path
+                .clone()
+                .unwrap_or_else(|| cx.req.uri().path().to_owned()),
+            token: token.map(str::to_owned),
+        });
         let source = found.map(|f| f.source);
         // phase: rewrite
         let target = Target { new_path, source };
-        Ok(self.rewrite(cx, scan, target, identity, verified))
+        let mut prepared = g.rewrite(cx, scan, target, identity, verified, current.clone());
+        prepared.again = again;
+        Ok(prepared)
     }
 
+    async fn forward(self: &Arc<Self>, prepared: Prepared<Incoming>) -> Response<ResponseBody> {
+        let Prepared {
+            request,
+            websocket,
+            verified,
+            route,
+            generation: g,
+            again,
+        } = prepared;
+        let upstream_req = request.map(|inner| ForwardBody {
+            inner,
+            strip: g.owned_headers.clone(),
+        });
+
+        let mut resp = match tokio::time::timeout(
+            self.request_timeout,
+            self.upstream.send(upstream_req),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                let kind = match e {
+                    UpstreamError::Connect(_) => UpstreamErrorKind::Connect,
+                    UpstreamError::Exchange(_) => UpstreamErrorKind::Other,
+                };
+                tracing::warn!(error = %e, "upstream request failed");
+                return self.upstream_failed(&g, kind, route);
+            }
+            Err(_) => {
+                tracing::warn!("upstream did not answer within request_timeout_ms");
+                return self.upstream_failed(&g, UpstreamErrorKind::Timeout, route);
+            }
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // A switch the client did not ask for as a WebSocket handshake, or one that does
+            // not answer its key, is never tunnelled: the upstream connection is dropped.
+            let Some((key, client_upgrade)) = websocket else {
+                tracing::warn!(
+                    "upstream switched protocols without a WebSocket handshake; refused"
+                );
+                return self.upstream_failed(&g, UpstreamErrorKind::Other, route);
+            };
+            if !headers::websocket_accepted(resp.headers(), &key) {
+                tracing::warn!("upstream 101 does not complete the WebSocket handshake; refused");
+                return self.upstream_failed(&g, UpstreamErrorKind::Other, route);
+            }
+            let Ok(permit) = self.tunnels.clone().try_acquire_owned() else {
+                tracing::warn!("max_connections tunnels already open; handshake refused");
+                return self.upstream_failed(&g, UpstreamErrorKind::Other, route);
+            };
+            headers::strip_hop_by_hop(resp.headers_mut(), true);
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let tunnel = self.clone().tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                Credential {
+                    generation: g.clone(),
+                    verified,
+                    again,
+                },
+            );
+            tokio::spawn(async move {
+                tunnel.await;
+                drop(permit);
+            });
+        } else {
+            headers::strip_hop_by_hop(resp.headers_mut(), false);
+        }
+        g.metrics.requests.inc(Outcome::Forwarded, route);
+        resp.map(Either::Left)
+    }
+
+    /// Copies both ways until either side closes, re-checking the credential every
+    /// [`TUNNEL_RECHECK`]: no tunnel outlives its token.
+    async fn tunnel(
+        self: Arc<Self>,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        mut credential: Credential,
+    ) {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        let start = tokio::time::Instant::now() + TUNNEL_RECHECK;
+        let mut every = tokio::time::interval_at(start, TUNNEL_RECHECK);
+        loop {
+            tokio::select! {
+                _ = &mut copy => return,
+                _ = every.tick() => {
+                    if let Err(reject) = self.recheck_tunnel(&mut credential).await {
+                        tracing::info!(reason = reject.reason.label(), "tunnel closed: {}", reject.description);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A tunnel's credential under the generation in force: the cache-hit rule and
+    /// revocation under its own generation; under a newer one, the request is decided
+    /// again (route, token, requirements) and the tunnel adopts the new verdict.
+    async fn recheck_tunnel(&self, c: &mut Credential) -> Result<(), Reject> {
+        let now = self.current();
+        if now.id == c.generation.id {
+            // A tunnel opened without a token has no credential to outlive.
+            return match &c.verified {
+                Some(v) => now.recheck(v),
+                None => Ok(()),
+            };
+        }
+        let Some(again) = &c.again else {
+            return Ok(());
+        };
+        c.verified = now.decide_again(again).await?;
+        c.generation = now;
+        Ok(())
+    }
+
+    fn upstream_failed(
+        &self,
+        g: &Generation,
+        kind: UpstreamErrorKind,
+        route: usize,
+    ) -> Response<ResponseBody> {
+        g.metrics.requests.inc(Outcome::UpstreamError, route);
+        self.metrics.upstream_errors.inc(kind);
+        let (status, error) = match kind {
+            UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            _ => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+        };
+        json_response(status, error, "the upstream could not be reached")
+    }
+}
+
+/// Everything a config reload replaces (DESIGN §9). A request takes the generation in
+/// force when it starts and keeps it to the end; its phases are this type's methods.
+pub struct Generation {
+    /// 1 at start, then one more per accepted reload.
+    pub id: u64,
+    auth: Arc<Authenticator>,
+    revocation: Option<Arc<Revocation>>,
+    policy: Policy,
+    metrics: RouteMetrics,
+    claims_header: HeaderName,
+    /// Every header jwtgate sets from a token: the claims header, then the claim headers.
+    owned_headers: Arc<[HeaderName]>,
+    strip_authorization: bool,
+    trusted_proxies: Vec<Cidr>,
+    /// `Host` for requests that arrive without one (HTTP/1.0).
+    upstream_host: HeaderValue,
+    retry_after: HeaderValue,
+}
+
+impl Generation {
     /// Phase `extract`: the one token of the request from the configured sources. A public
     /// route reads none; a CORS preflight (when forwarded) has none and becomes the
     /// `preflight` route; a required route without one is a 401; a cookie token on an
@@ -403,12 +613,22 @@ impl Proxy {
             self.auth.remember(token, &v, &peer.last_token);
             return Ok(v);
         }
+        let verified = self.verify_in_full(token, &hash).await?;
+        self.auth.keep(token, &hash, &verified, &peer.last_token);
+        Ok(verified)
+    }
+
+    /// A token seen for the first time: verified, then token policy; it gets its
+    /// revocation fingerprints and the claims route policy reads.
+    async fn verify_in_full(
+        &self,
+        token: &str,
+        hash: &TokenHash,
+    ) -> Result<Arc<Verified>, (Reject, Option<String>)> {
         let refused = |r| (r, Some(hash.fingerprint()));
         let fresh = self.auth.verify(token).await.map_err(refused)?;
-        let bound = self
-            .revocation
-            .as_ref()
-            .map(|r| (r.lifetime_bound(), r.config().require_jti));
+        let settings = self.revocation.as_ref().map(|r| r.settings());
+        let bound = settings.as_ref().map(|s| (&s.bound, s.cfg.require_jti));
         token_policy(bound, &fresh, &mut NoTrace).map_err(refused)?;
         let fps = self
             .revocation
@@ -420,9 +640,29 @@ impl Proxy {
             .policy
             .selector()
             .select(token.split('.').nth(1).unwrap_or_default());
-        let verified = Arc::new(verified);
-        self.auth.keep(token, &hash, &verified, &peer.last_token);
-        Ok(verified)
+        Ok(Arc::new(verified))
+    }
+
+    /// An open tunnel's request decided again under this generation: its route, then the
+    /// token in full, revocation and the route's requirements. `Ok(None)`: this generation
+    /// lets the request through without a token.
+    async fn decide_again(&self, d: &Decision) -> Result<Option<Arc<Verified>>, Reject> {
+        let route = self.policy.route(d.method.as_str(), &d.path);
+        let token = match (self.policy.auth(route), &d.token) {
+            (AuthMode::Public, _) | (AuthMode::Optional, None) => return Ok(None),
+            (AuthMode::Required, None) => {
+                return Err(Reject::new(Reason::Missing, "no bearer token"));
+            }
+            (_, Some(t)) => t,
+        };
+        self.auth.check_size(token)?;
+        let v = self
+            .verify_in_full(token, &TokenHash::of(token))
+            .await
+            .map_err(|(r, _)| r)?;
+        self.revocation_check(token, &v).map_err(|(r, _)| r)?;
+        self.policy.requirements(route, &v)?;
+        Ok(Some(v))
     }
 
     /// Phase `revocation`: every request, cache hits included (a handful of lock-free
@@ -447,6 +687,7 @@ impl Proxy {
         target: Target,
         identity: Option<HeaderValue>,
         verified: Option<Arc<Verified>>,
+        generation: Arc<Generation>,
     ) -> Prepared<B> {
         let Pending {
             mut req,
@@ -496,6 +737,8 @@ impl Proxy {
             websocket,
             verified,
             route: self.policy.label_index(route),
+            generation,
+            again: None,
         }
     }
 
@@ -579,117 +822,6 @@ impl Proxy {
             rev.check(fps, v.iat)?;
         }
         Ok(())
-    }
-
-    async fn forward(self: &Arc<Self>, prepared: Prepared<Incoming>) -> Response<ResponseBody> {
-        let Prepared {
-            request,
-            websocket,
-            verified,
-            route,
-        } = prepared;
-        let upstream_req = request.map(|inner| ForwardBody {
-            inner,
-            strip: self.owned_headers.clone(),
-        });
-
-        let mut resp = match tokio::time::timeout(
-            self.request_timeout,
-            self.upstream.send(upstream_req),
-        )
-        .await
-        {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                let kind = match e {
-                    UpstreamError::Connect(_) => UpstreamErrorKind::Connect,
-                    UpstreamError::Exchange(_) => UpstreamErrorKind::Other,
-                };
-                tracing::warn!(error = %e, "upstream request failed");
-                return self.upstream_failed(kind, route);
-            }
-            Err(_) => {
-                tracing::warn!("upstream did not answer within request_timeout_ms");
-                return self.upstream_failed(UpstreamErrorKind::Timeout, route);
-            }
-        };
-
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // A switch the client did not ask for as a WebSocket handshake, or one that does
-            // not answer its key, is never tunnelled: the upstream connection is dropped.
-            let Some((key, client_upgrade)) = websocket else {
-                tracing::warn!(
-                    "upstream switched protocols without a WebSocket handshake; refused"
-                );
-                return self.upstream_failed(UpstreamErrorKind::Other, route);
-            };
-            if !headers::websocket_accepted(resp.headers(), &key) {
-                tracing::warn!("upstream 101 does not complete the WebSocket handshake; refused");
-                return self.upstream_failed(UpstreamErrorKind::Other, route);
-            }
-            let Ok(permit) = self.tunnels.clone().try_acquire_owned() else {
-                tracing::warn!("max_connections tunnels already open; handshake refused");
-                return self.upstream_failed(UpstreamErrorKind::Other, route);
-            };
-            headers::strip_hop_by_hop(resp.headers_mut(), true);
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let tunnel = self
-                .clone()
-                .tunnel(client_upgrade, upstream_upgrade, verified);
-            tokio::spawn(async move {
-                tunnel.await;
-                drop(permit);
-            });
-        } else {
-            headers::strip_hop_by_hop(resp.headers_mut(), false);
-        }
-        self.metrics.requests.inc(Outcome::Forwarded, route);
-        resp.map(Either::Left)
-    }
-
-    /// Copies both ways until either side closes, re-checking the credential every
-    /// [`TUNNEL_RECHECK`]: no tunnel outlives its token.
-    async fn tunnel(
-        self: Arc<Self>,
-        client: hyper::upgrade::OnUpgrade,
-        upstream: hyper::upgrade::OnUpgrade,
-        verified: Option<Arc<Verified>>,
-    ) {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(both) => both,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-        tokio::pin!(copy);
-        let start = tokio::time::Instant::now() + TUNNEL_RECHECK;
-        let mut every = tokio::time::interval_at(start, TUNNEL_RECHECK);
-        loop {
-            tokio::select! {
-                _ = &mut copy => return,
-                _ = every.tick() => {
-                    // A tunnel opened on a public route has no credential to outlive.
-                    if let Some(Err(reject)) = verified.as_deref().map(|v| self.recheck(v)) {
-                        tracing::info!(reason = reject.reason.label(), "tunnel closed: {}", reject.description);
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    fn upstream_failed(&self, kind: UpstreamErrorKind, route: usize) -> Response<ResponseBody> {
-        self.metrics.requests.inc(Outcome::UpstreamError, route);
-        self.metrics.upstream_errors.inc(kind);
-        let (status, error) = match kind {
-            UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-            _ => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
-        };
-        json_response(status, error, "the upstream could not be reached")
     }
 
     /// The response of a rejection; `scope` is the route's required scopes for the 403
@@ -829,6 +961,45 @@ struct Pending<'p, B> {
     peer: &'p Peer,
     /// The route it is decided under (`None` until one is chosen).
     route: RouteId,
+}
+
+/// What an open tunnel is held to.
+struct Credential {
+    generation: Arc<Generation>,
+    verified: Option<Arc<Verified>>,
+    again: Option<Decision>,
+}
+
+/// A generation of `config`.
+fn build_generation(
+    id: u64,
+    config: &Config,
+    auth: Arc<Authenticator>,
+    revocation: &Option<Arc<Revocation>>,
+    families: &ProxyMetrics,
+    claim_unset: &prometheus::IntCounterVec,
+) -> Generation {
+    let policy = Policy::with_family(config, claim_unset);
+    let mut owned_headers = vec![config.forward.claims_header.clone()];
+    owned_headers.extend(policy.claim_header_names());
+    Generation {
+        id,
+        auth,
+        revocation: revocation.clone(),
+        metrics: families.for_routes(policy.labels()),
+        policy,
+        claims_header: config.forward.claims_header.clone(),
+        owned_headers: owned_headers.into(),
+        strip_authorization: config.forward.strip_authorization,
+        trusted_proxies: config.server.trusted_proxies.clone(),
+        upstream_host: config
+            .upstream
+            .url
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("127.0.0.1")),
+        retry_after: HeaderValue::from(config.jwks.min_refetch_interval.as_secs().clamp(1, 60)),
+    }
 }
 
 /// What the rewrite needs from the earlier phases.

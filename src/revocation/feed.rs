@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::Revocation;
 use super::record::{self, BodyError, FeedPage};
 use super::{EventResult, RevocationSource};
-use crate::config::FeedFormat;
+use crate::config::{FeedConfig, FeedFormat};
 
 /// Largest feed body accepted (a full WSO2 list or a native reset can be large).
 const MAX_FEED_BYTES: usize = 256 * 1024 * 1024;
@@ -20,31 +20,28 @@ const MAX_PAGES_PER_POLL: usize = 100;
 
 pub struct Poller {
     rev: Arc<Revocation>,
+    /// The feed as configured when the poller was made (a reload that changes it starts
+    /// another poller).
+    feed: FeedConfig,
     client: reqwest::Client,
 }
 
 impl Poller {
-    pub fn new(rev: Arc<Revocation>) -> Result<Poller, String> {
-        let feed = rev.cfg.feed.as_ref().ok_or("no feed configured")?;
+    pub fn new(rev: Arc<Revocation>, feed: FeedConfig) -> Result<Poller, String> {
         let client = crate::fetch::client(feed.ca_file.as_deref(), Duration::from_secs(60))
             .map_err(|e| e.to_string())?;
-        Ok(Poller { rev, client })
+        Ok(Poller { rev, feed, client })
     }
 
     fn source(&self) -> RevocationSource {
-        match self.rev.cfg.feed.as_ref().map(|f| f.format) {
-            Some(FeedFormat::Wso2) => RevocationSource::Wso2Poll,
-            _ => RevocationSource::NativePoll,
+        match self.feed.format {
+            FeedFormat::Wso2 => RevocationSource::Wso2Poll,
+            FeedFormat::Jwtgate => RevocationSource::NativePoll,
         }
     }
 
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let interval = self
-            .rev
-            .cfg
-            .feed
-            .as_ref()
-            .map_or(Duration::from_secs(10), |f| f.poll_interval);
+        let interval = self.feed.poll_interval;
         let mut failures: u32 = 0;
         loop {
             let source = self.source();
@@ -71,9 +68,7 @@ impl Poller {
 
     /// One poll (several pages for a native feed that has more). Returns records applied.
     pub async fn poll_once(&self) -> Result<usize, String> {
-        let Some(feed) = self.rev.cfg.feed.as_ref() else {
-            return Ok(0);
-        };
+        let feed = &self.feed;
         match feed.format {
             FeedFormat::Wso2 => {
                 let body = self.get(feed.url.clone()).await?;
@@ -142,7 +137,7 @@ impl Poller {
 
     /// The body of one feed response (at most `MAX_FEED_BYTES`).
     async fn get(&self, url: reqwest::Url) -> Result<Vec<u8>, String> {
-        let feed = self.rev.cfg.feed.as_ref().ok_or("no feed")?;
+        let feed = &self.feed;
         let mut req = self.client.get(url);
         if let (Some(u), Some(p)) = (&feed.username, &feed.password) {
             req = req.basic_auth(u, Some(p.expose()));

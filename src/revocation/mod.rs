@@ -234,10 +234,21 @@ impl LifetimeBound {
     }
 }
 
+/// The revocation config in force and the lifetime bound it implies: replaced as a whole
+/// by a reload (DESIGN §9), read per request without a lock.
+#[derive(Debug)]
+pub struct Settings {
+    pub cfg: RevocationConfig,
+    pub bound: LifetimeBound,
+}
+
 pub struct Revocation {
     list: RevocationList,
-    bound: LifetimeBound,
-    cfg: RevocationConfig,
+    settings: arc_swap::ArcSwap<Settings>,
+    /// The feed poll task, replaced when a reload changes the feed.
+    poll_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The shutdown signal the background tasks follow (set by `spawn_tasks`).
+    stop: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
     clock: Arc<dyn Clock>,
     metrics: RevocationMetrics,
     /// Largest `leeway_s` of any issuer: pruning waits this much longer.
@@ -332,8 +343,9 @@ impl Revocation {
         let bound_changed = stored_bound != Some(bound);
         let r = Revocation {
             list,
-            bound,
-            cfg,
+            settings: arc_swap::ArcSwap::from_pointee(Settings { cfg, bound }),
+            poll_task: Mutex::new(None),
+            stop: Mutex::new(None),
             clock,
             metrics: RevocationMetrics::register(metrics),
             leeway,
@@ -356,7 +368,7 @@ impl Revocation {
             r.stale.store(true, Ordering::Release);
             r.metrics.stale.set(1);
             tracing::info!(
-                on_stale = ?r.cfg.on_stale,
+                on_stale = ?r.settings().cfg.on_stale,
                 "revocation list not restored or synced yet: stale until a source syncs"
             );
         }
@@ -368,17 +380,13 @@ impl Revocation {
         &self.metrics
     }
 
-    pub fn config(&self) -> &RevocationConfig {
-        &self.cfg
+    /// The config in force and its lifetime bound (swapped whole by a reload).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
     }
 
     pub fn list(&self) -> &RevocationList {
         &self.list
-    }
-
-    /// The token lifetime bound in force (see [`LifetimeBound`]).
-    pub fn lifetime_bound(&self) -> &LifetimeBound {
-        &self.bound
     }
 
     pub fn is_ready(&self) -> bool {
@@ -392,14 +400,15 @@ impl Revocation {
         if !self.is_ready() {
             return true;
         }
-        let Some(_) = &self.cfg.feed else {
+        let settings = self.settings.load();
+        let Some(_) = &settings.cfg.feed else {
             return false;
         };
         let last = self
             .last_poll_ok
             .load(Ordering::Acquire)
             .max(self.started_at);
-        self.clock.now() - last > self.cfg.max_sync_age.as_secs() as i64
+        self.clock.now() - last > settings.cfg.max_sync_age.as_secs() as i64
     }
 
     /// Refuses a record that reaches too far into the future (DESIGN §4): a `revoked_at`
@@ -412,7 +421,8 @@ impl Revocation {
                 "revoked_at is in the future (seconds, not milliseconds?)"
             }
             Record::Id { exp, .. }
-                if *exp > now.saturating_add(self.cfg.max_token_lifetime_s as i64) =>
+                if *exp
+                    > now.saturating_add(self.settings.load().cfg.max_token_lifetime_s as i64) =>
             {
                 "exp is later than now + max_token_lifetime_s (seconds, not milliseconds?)"
             }
@@ -446,7 +456,7 @@ impl Revocation {
         if self.list.is_revoked_fps(fps, iat) {
             return Err(Reject::new(Reason::Revoked, "token has been revoked"));
         }
-        if self.cfg.on_stale == OnStale::Reject && self.is_stale() {
+        if self.settings.load().cfg.on_stale == OnStale::Reject && self.is_stale() {
             self.note_stale(true);
             return Err(Reject::new(
                 Reason::RevocationStale,
@@ -489,9 +499,10 @@ impl Revocation {
         let was = self.stale.swap(stale, Ordering::AcqRel);
         self.metrics.stale.set(i64::from(stale));
         if stale && !was {
+            let settings = self.settings.load();
             tracing::warn!(
-                max_sync_age_s = self.cfg.max_sync_age.as_secs(),
-                on_stale = ?self.cfg.on_stale,
+                max_sync_age_s = settings.cfg.max_sync_age.as_secs(),
+                on_stale = ?settings.cfg.on_stale,
                 "revocation list is stale: every poll source has failed for longer than max_sync_age_s"
             );
         } else if !stale && was {
@@ -516,7 +527,7 @@ impl Revocation {
     }
 
     fn mark_dirty(&self) {
-        if self.cfg.snapshot_path.is_some() {
+        if self.settings.load().cfg.snapshot_path.is_some() {
             self.dirty.store(true, Ordering::Release);
             self.dirty_signal.notify_one();
         }
@@ -536,7 +547,7 @@ impl Revocation {
         let pruned = self.list.prune(
             self.clock.now(),
             self.leeway,
-            self.cfg.max_token_lifetime_s as i64,
+            self.settings.load().cfg.max_token_lifetime_s as i64,
         );
         if pruned.iter().any(|n| *n > 0) {
             for k in Kind::ALL {
@@ -551,13 +562,14 @@ impl Revocation {
 
     /// Writes the snapshot now if anything changed since the last write.
     pub async fn flush(&self) {
-        let Some(path) = self.cfg.snapshot_path.clone() else {
+        let settings = self.settings.load_full();
+        let Some(path) = settings.cfg.snapshot_path.clone() else {
             return;
         };
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return;
         }
-        let bytes = snapshot::encode(&self.list, self.cursor().as_deref(), &self.bound);
+        let bytes = snapshot::encode(&self.list, self.cursor().as_deref(), &settings.bound);
         let written = tokio::task::spawn_blocking(move || snapshot::write(&path, &bytes)).await;
         match written {
             Ok(Ok(())) => {}
@@ -575,9 +587,54 @@ impl Revocation {
     /// The feed poller, if a feed is configured (its HTTP client is built here, so a bad
     /// CA file is a start error, not a silently missing source).
     pub fn poller(self: &Arc<Self>) -> Result<Option<feed::Poller>, String> {
-        match self.cfg.feed {
+        match &self.settings.load().cfg.feed {
             None => Ok(None),
-            Some(_) => feed::Poller::new(self.clone()).map(Some),
+            Some(feed) => feed::Poller::new(self.clone(), feed.clone()).map(Some),
+        }
+    }
+
+    /// Applies a reloaded `[revocation]` (DESIGN §9): bounds, `on_stale`, `require_jti`,
+    /// push and notify credentials at once; a changed feed restarts the poll task. A raised
+    /// `max_token_lifetime_s` keeps the old bound for tokens issued before the reload
+    /// (§4), and the snapshot records it. The list itself is untouched. `Err` (a feed
+    /// client that cannot be built) changes nothing.
+    pub fn reload(self: &Arc<Self>, cfg: RevocationConfig, leeway: i64) -> Result<(), String> {
+        let old = self.settings.load_full();
+        let feed_changed = old.cfg.feed != cfg.feed;
+        let poller = match (&cfg.feed, feed_changed) {
+            (Some(feed), true) => Some(feed::Poller::new(self.clone(), feed.clone())?),
+            _ => None,
+        };
+        let bound = LifetimeBound::carry(
+            Some(old.bound),
+            cfg.max_token_lifetime_s as i64,
+            self.clock.now(),
+            leeway,
+        );
+        let bound_changed = bound != old.bound;
+        self.settings.store(Arc::new(Settings { cfg, bound }));
+        if bound_changed {
+            self.mark_dirty();
+        }
+        if feed_changed {
+            self.start_polling(poller);
+        }
+        Ok(())
+    }
+
+    /// Replaces the poll task (none: push only from now on).
+    fn start_polling(self: &Arc<Self>, poller: Option<feed::Poller>) {
+        let stop = self.stop.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut task = self.poll_task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = task.take() {
+            old.abort();
+        }
+        if let (Some(poller), Some(stop)) = (poller, stop) {
+            *task = Some(tokio::spawn(
+                poller
+                    .run(stop)
+                    .instrument(tracing::info_span!("revocation_feed")),
+            ));
         }
     }
 
@@ -589,13 +646,8 @@ impl Revocation {
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
-        if let Some(poller) = poller {
-            tasks.push(tokio::spawn(
-                poller
-                    .run(stop.clone())
-                    .instrument(tracing::info_span!("revocation_feed")),
-            ));
-        }
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
+        self.start_polling(poller);
         let me = self.clone();
         let mut s = stop.clone();
         tasks.push(tokio::spawn(
