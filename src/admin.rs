@@ -34,9 +34,15 @@ const MAX_PUSH_BYTES: usize = 16 * 1024 * 1024;
 const MAX_NOTIFY_BYTES: usize = 1024 * 1024;
 
 /// Readiness inputs shared by the admin listener and the shutdown sequence.
+/// A list of issuers' key sets that a reload replaces whole.
+pub type IssuerList = Arc<arc_swap::ArcSwap<Vec<Arc<IssuerKeys>>>>;
+
 pub struct Lifecycle {
     shutting_down: AtomicBool,
-    issuers: Vec<Arc<IssuerKeys>>,
+    /// The issuers readiness waits for: those configured at start that a reload kept (an
+    /// issuer a reload adds answers 503 for its own tokens until its first fetch, and never
+    /// takes the pod out of rotation).
+    issuers: IssuerList,
     revocation: Option<Arc<Revocation>>,
     /// `jwtgate_ready`: 1 while `/readyz` answers 200.
     ready: prometheus::IntGauge,
@@ -44,7 +50,7 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     pub fn new(
-        issuers: Vec<Arc<IssuerKeys>>,
+        issuers: IssuerList,
         revocation: Option<Arc<Revocation>>,
         metrics: &Metrics,
     ) -> Lifecycle {
@@ -61,7 +67,7 @@ impl Lifecycle {
 
     pub fn ready(&self) -> bool {
         let ready = !self.shutting_down.load(Ordering::Acquire)
-            && self.issuers.iter().all(|i| i.has_keys())
+            && self.issuers.load().iter().all(|i| i.has_keys())
             && self.revocation.as_ref().is_none_or(|r| r.is_ready());
         self.ready.set(i64::from(ready));
         ready
@@ -76,7 +82,8 @@ impl Lifecycle {
 pub struct Admin {
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: Arc<Metrics>,
-    pub issuers: Vec<Arc<IssuerKeys>>,
+    /// Every configured issuer (`POST /jwks/refresh`), as of the last reload.
+    pub issuers: IssuerList,
     pub revocation: Option<Arc<Revocation>>,
 }
 
@@ -256,7 +263,8 @@ impl Admin {
         }
         let mut results = serde_json::Map::new();
         let mut all_throttled = true;
-        for keys in &self.issuers {
+        let issuers = self.issuers.load_full();
+        for keys in issuers.iter() {
             let r = keys.refresh_requested().await;
             all_throttled &= r == ManualRefresh::Throttled;
             results.insert(keys.name.clone(), r.label().into());

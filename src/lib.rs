@@ -61,6 +61,7 @@ pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod reject;
+pub mod reload;
 pub mod revocation;
 
 use std::net::SocketAddr;
@@ -69,7 +70,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthMetrics, Authenticator};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::jwks::IssuerKeys;
@@ -94,7 +95,7 @@ pub enum StartError {
 /// Everything the process runs, constructed and checked, nothing bound yet.
 pub struct App {
     config: Arc<Config>,
-    keys: Vec<Arc<IssuerKeys>>,
+    reloader: Arc<reload::Reloader>,
     revocation: Option<Arc<Revocation>>,
     poller: Option<revocation::feed::Poller>,
     proxy: Arc<proxy::Proxy>,
@@ -135,27 +136,53 @@ impl App {
             Some(rev) => rev.poller().map_err(StartError::Feed)?,
             None => None,
         };
-        let auth = Arc::new(Authenticator::new(&config, &keys, clock, &metrics));
+        let auth_metrics = AuthMetrics::register(&metrics);
+        let auth = Arc::new(Authenticator::for_generation(
+            &config,
+            &keys,
+            clock.clone(),
+            auth_metrics.clone(),
+            1,
+        ));
         let proxy = Arc::new(proxy::Proxy::new(
             &config,
             auth,
             revocation.clone(),
             &metrics,
         ));
+        let all_issuers: admin::IssuerList =
+            Arc::new(arc_swap::ArcSwap::from_pointee(keys.clone()));
+        let gating_issuers: admin::IssuerList =
+            Arc::new(arc_swap::ArcSwap::from_pointee(keys.clone()));
         let lifecycle = Arc::new(admin::Lifecycle::new(
-            keys.clone(),
+            gating_issuers.clone(),
             revocation.clone(),
+            &metrics,
+        ));
+        let config = Arc::new(config);
+        let reloader = Arc::new(reload::Reloader::new(
+            reload::Parts {
+                config: config.clone(),
+                keys,
+                proxy: proxy.clone(),
+                revocation: revocation.clone(),
+                clock,
+                jwks_metrics,
+                auth_metrics,
+                all_issuers: all_issuers.clone(),
+                gating_issuers,
+            },
             &metrics,
         ));
         let admin = Arc::new(admin::Admin {
             lifecycle: lifecycle.clone(),
             metrics,
-            issuers: keys.clone(),
+            issuers: all_issuers,
             revocation: revocation.clone(),
         });
         Ok(App {
-            config: Arc::new(config),
-            keys,
+            config,
+            reloader,
             revocation,
             poller,
             proxy,
@@ -197,6 +224,11 @@ impl Listening {
             .unwrap_or(self.app.config.server.listen)
     }
 
+    /// Applies config reloads to the running app (`SIGHUP`, `--watch`, tests).
+    pub fn reloader(&self) -> Arc<reload::Reloader> {
+        self.app.reloader.clone()
+    }
+
     /// The admin listener's address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_listener
@@ -216,11 +248,8 @@ impl Listening {
         tracing::info!(listen = ?proxy_listener.local_addr().ok(), admin = ?admin_listener.local_addr().ok(), "jwtgate serving");
 
         let (stop_bg, stop_rx) = tokio::sync::watch::channel(false);
-        let mut background: Vec<_> = app
-            .keys
-            .iter()
-            .map(|k| k.clone().spawn_refresh(stop_rx.clone()))
-            .collect();
+        app.reloader.start(stop_rx.clone());
+        let mut background = Vec::new();
         background.push(tokio::spawn(rejection_summary(
             app.proxy.metrics().clone(),
             stop_rx.clone(),
@@ -246,6 +275,7 @@ impl Listening {
             .await;
 
         let _ = stop_bg.send(true);
+        background.extend(app.reloader.take_tasks());
         for task in background {
             let _ = task.await;
         }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use jwtgate::App;
@@ -53,6 +54,10 @@ enum Command {
         /// thread (tokio current_thread): the cheapest per request for a one-core sidecar.
         #[arg(long, env = "JWTGATE_THREADS")]
         threads: Option<usize>,
+        /// Also reload when the config file's content changes (checked every 2 s; a
+        /// ConfigMap's symlink swap is seen). SIGHUP always reloads.
+        #[arg(long, env = "JWTGATE_WATCH")]
+        watch: bool,
     },
     /// Validate a config and print the effective config; exit 64 listing every problem.
     Check {
@@ -109,7 +114,13 @@ fn main() -> ExitCode {
             admin_listen,
             upstream,
             threads,
-        } => serve(&config, listen, admin_listen, upstream, threads),
+            watch,
+        } => serve(
+            &config,
+            overrides(listen, admin_listen, upstream),
+            threads,
+            watch,
+        ),
         Command::Inject {
             listen,
             tls_cert,
@@ -150,17 +161,21 @@ fn check(config: &std::path::Path) -> ExitCode {
     }
 }
 
-/// `jwtgate serve`: every config problem exits 64 before any port is bound.
+/// `jwtgate serve`: every config problem exits 64 before any port is bound. SIGHUP (and,
+/// with `--watch`, a change of the file's content) reloads the config (DESIGN §9).
 fn serve(
-    config: &std::path::Path,
-    listen: Option<std::net::SocketAddr>,
-    admin_listen: Option<std::net::SocketAddr>,
-    upstream: Option<String>,
+    path: &std::path::Path,
+    overrides: Vec<(&'static str, &'static str, String)>,
     threads: Option<usize>,
+    watch: bool,
 ) -> ExitCode {
-    let config = match load(config, listen, admin_listen, upstream) {
+    let config = match load_config(path, &overrides) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     if let Err(e) = config.check_host() {
         eprintln!("{e}");
@@ -169,14 +184,58 @@ fn serve(
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
+    let path = path.to_owned();
     run_with(threads, async move {
-        App::build(config)?
-            .bind()
-            .await?
-            .run(shutdown_signal())
-            .await;
+        let app = App::build(config)?.bind().await?;
+        let reloader = app.reloader();
+        let loader: Arc<jwtgate::reload::Loader> = {
+            let path = path.clone();
+            Arc::new(Box::new(move || load_config(&path, &overrides)))
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let hup = tokio::spawn(reload_on_hangup(
+            reloader.clone(),
+            loader.clone(),
+            stop_rx.clone(),
+        ));
+        let watcher = watch
+            .then(|| tokio::spawn(jwtgate::reload::watch_file(reloader, path, loader, stop_rx)));
+        app.run(shutdown_signal()).await;
+        let _ = stop_tx.send(true);
+        let _ = hup.await;
+        if let Some(w) = watcher {
+            let _ = w.await;
+        }
         Ok(())
     })
+}
+
+/// Reloads on every SIGHUP until `stop`.
+async fn reload_on_hangup(
+    reloader: Arc<jwtgate::reload::Reloader>,
+    loader: Arc<jwtgate::reload::Loader>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP: reload with --watch");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let _ = reloader.reload_from(&loader, "SIGHUP");
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloader, loader, stop.changed().await);
+    }
 }
 
 /// `jwtgate inspect`: the token from stdin, the verdict on stdout.
@@ -262,20 +321,20 @@ fn load(
     admin_listen: Option<std::net::SocketAddr>,
     upstream: Option<String>,
 ) -> Result<Config, ExitCode> {
-    let env = |name: &str| std::env::var(name).ok();
-    let mut text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!(
-                "config error: --config: cannot read {}: {e}",
-                path.display()
-            );
-            return Err(ExitCode::from(EXIT_CONFIG));
-        }
-    };
-    // Every command-line override is applied the same way: written into the text before
-    // validation, so it is checked (and reported under its key) like the file's own value.
-    for (section, key, value) in [
+    load_config(path, &overrides(listen, admin_listen, upstream)).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// The command-line overrides of `serve` as `(section, key, value)`.
+fn overrides(
+    listen: Option<std::net::SocketAddr>,
+    admin_listen: Option<std::net::SocketAddr>,
+    upstream: Option<String>,
+) -> Vec<(&'static str, &'static str, String)> {
+    [
         ("server", "listen", listen.map(|a| a.to_string())),
         (
             "server",
@@ -283,19 +342,20 @@ fn load(
             admin_listen.map(|a| a.to_string()),
         ),
         ("upstream", "url", upstream),
-    ] {
-        if let Some(value) = value {
-            text = jwtgate::config::override_key(&text, section, key, &value);
-        }
-    }
-    match Config::from_toml_str(&text, &env) {
-        Ok(c) => Ok(c),
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
-            Err(ExitCode::from(EXIT_CONFIG))
-        }
-    }
+    ]
+    .into_iter()
+    .filter_map(|(s, k, v)| v.map(|v| (s, k, v)))
+    .collect()
+}
+
+/// The config file with the environment and the command-line overrides, as at start (a
+/// reload reads it the same way, so an override is not mistaken for a change).
+fn load_config(
+    path: &std::path::Path,
+    overrides: &[(&str, &str, String)],
+) -> Result<Config, jwtgate::config::ConfigErrors> {
+    let env = |name: &str| std::env::var(name).ok();
+    Config::load_with_overrides(path, &env, overrides)
 }
 
 fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {

@@ -375,6 +375,23 @@ impl Config {
         Config::from_toml_str(&text, env)
     }
 
+    /// Reads a config file with command-line overrides (`--listen`, `--upstream`, …)
+    /// written into the text before validation, so each is checked and reported under its
+    /// key like the file's own value. A reload reads the file the same way.
+    pub fn load_with_overrides(
+        path: &std::path::Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &[(&str, &str, String)],
+    ) -> Result<Config, ConfigErrors> {
+        let mut text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::one("--config", format!("cannot read {}: {e}", path.display()))
+        })?;
+        for (section, key, value) in overrides {
+            text = override_key(&text, section, key, value);
+        }
+        Config::from_toml_str(&text, env)
+    }
+
     /// Parses and validates a config, returning every problem at once.
     pub fn from_toml_str(
         text: &str,

@@ -338,6 +338,9 @@ fn sidecar(s: &Settings, d: &Defaults) -> Container {
             format!("0.0.0.0:{}", s.admin_port),
             "--upstream".into(),
             format!("http://127.0.0.1:{}", s.upstream_port),
+            // A ConfigMap edit reaches the running sidecar (the kubelet swaps the mounted
+            // file's symlink; the content hash sees it).
+            "--watch".into(),
         ]),
         ports: Some(vec![
             ContainerPort {
