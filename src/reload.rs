@@ -4,8 +4,9 @@
 //!
 //! - The new file is validated in full first; an invalid one changes nothing and is logged
 //!   with every problem. A change to a restart-only key refuses the whole reload, naming it.
-//! - An issuer whose config is unchanged keeps its keys and refresh task; a new one gets a
-//!   key set of its own (503 `keys_unavailable` for its tokens until the first fetch — the
+//! - An issuer whose key source is unchanged (name, `iss`, JWKS or discovery URL, CA file)
+//!   keeps its keys and refresh task, whatever else of it changed; a new one gets a key set
+//!   of its own (503 `keys_unavailable` for its tokens until the first fetch — the
 //!   reload does not wait); a removed one's refresh task stops.
 //! - The new generation gets its own authenticator: a verdict cached under another
 //!   generation is a miss, the per-connection repeat included.
@@ -233,7 +234,7 @@ impl Reloader {
     fn key_entries(&self, state: &mut State, next: &Config) -> Result<Vec<KeyEntry>, ConfigErrors> {
         let mut fresh = Vec::new();
         for (i, cfg) in next.issuers.iter().enumerate() {
-            if state.keys.iter().any(|e| e.cfg == *cfg) {
+            if state.keys.iter().any(|e| same_keys(&e.cfg, cfg)) {
                 continue;
             }
             let keys = IssuerKeys::new(
@@ -247,8 +248,10 @@ impl Reloader {
         }
         let mut entries = Vec::new();
         for cfg in &next.issuers {
-            if let Some(pos) = state.keys.iter().position(|e| e.cfg == *cfg) {
-                entries.push(state.keys.remove(pos));
+            if let Some(pos) = state.keys.iter().position(|e| same_keys(&e.cfg, cfg)) {
+                let mut entry = state.keys.remove(pos);
+                entry.cfg = cfg.clone();
+                entries.push(entry);
                 continue;
             }
             let Some(pos) = fresh.iter().position(|(c, _)| c == cfg) else {
@@ -268,6 +271,14 @@ impl Reloader {
         }
         Ok(entries)
     }
+}
+
+/// Two issuer configs share a key set when what the key set is made of is the same: the
+/// name (its metric label), the `iss` value, where the keys come from and the CA file.
+/// Audiences, algorithms, `typ`, leeway and profile are checked per token, so changing them
+/// keeps the keys.
+fn same_keys(a: &IssuerConfig, b: &IssuerConfig) -> bool {
+    a.name == b.name && a.issuer == b.issuer && a.keys == b.keys && a.ca_file == b.ca_file
 }
 
 fn one(key: impl Into<String>, message: impl Into<String>) -> ConfigErrors {
