@@ -134,7 +134,7 @@ const AUD_B: &str = "api://b";
 /// Generation `n`'s config: audiences alternate A/B, the `/admin` route (scope `admin`)
 /// exists in even generations, a second issuer in every third.
 fn generation(n: usize, keys: &KeyServer, upstream: &Upstream) -> String {
-    let aud = if n % 2 == 0 { AUD_A } else { AUD_B };
+    let aud = if n.is_multiple_of(2) { AUD_A } else { AUD_B };
     let mut text = format!(
         "[upstream]\nurl = \"http://{}\"\n[[issuers]]\nname = \"km\"\nissuer = \"http://{}/oauth2/token\"\n\
          jwks_uri = \"{}\"\naudiences = [\"{aud}\"]\n",
@@ -142,14 +142,14 @@ fn generation(n: usize, keys: &KeyServer, upstream: &Upstream) -> String {
         keys.addr,
         keys.jwks_uri()
     );
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         text.push_str(&format!(
             "[[issuers]]\nname = \"partner\"\nissuer = \"http://{}/partner\"\njwks_uri = \"{}\"\naudiences = [\"{aud}\"]\n",
             keys.addr,
             keys.jwks_uri()
         ));
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         text.push_str(
             "[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nscopes_all = [\"admin\"]\n",
         );
@@ -212,20 +212,20 @@ async fn twenty_sighup_reloads_under_load_drop_nothing_and_decide_by_generation(
     for n in 1..=20 {
         served.reload(&generation(n, &keys, &upstream), "ok").await;
         for _ in 0..10 {
-            let want_a = if n % 2 == 0 { 200 } else { 401 };
+            let want_a = if n.is_multiple_of(2) { 200 } else { 401 };
             assert_eq!(
                 served.status(&checker, "/x", &only_a).await,
                 want_a,
                 "gen {n}: aud A"
             );
-            let want_admin = if n % 2 == 0 { 403 } else { 200 };
+            let want_admin = if n.is_multiple_of(2) { 403 } else { 200 };
             assert_eq!(
                 served.status(&checker, "/admin/x", &stable).await,
                 want_admin,
                 "gen {n}: /admin"
             );
             let p = served.status(&checker, "/x", &partner).await;
-            if n % 3 == 0 {
+            if n.is_multiple_of(3) {
                 assert!(p == 200 || p == 503, "gen {n}: partner {p}");
             } else {
                 assert_eq!(p, 401, "gen {n}: partner issuer not configured");
