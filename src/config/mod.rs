@@ -183,8 +183,19 @@ impl Serialize for Cidr {
     }
 }
 
+/// How requests go to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 keep-alive connections (the default).
+    Http1,
+    /// HTTP/2 with prior knowledge (gRPC services), DESIGN §11.
+    H2c,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpstreamConfig {
+    pub protocol: UpstreamProtocol,
     /// `http://host:port`, no path: the request's own path and query are appended.
     #[serde(serialize_with = "ser_display")]
     pub url: http::Uri,

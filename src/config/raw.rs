@@ -22,6 +22,7 @@ pub(super) struct RawServer {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawUpstream {
     pub(super) url: Option<String>,
+    pub(super) protocol: Option<String>,
     pub(super) connect_timeout_ms: Option<u64>,
     pub(super) request_timeout_ms: Option<u64>,
 }

@@ -94,6 +94,15 @@ pub(super) fn validate_upstream(raw: RawUpstream, p: &mut Problems) -> UpstreamC
         p.push("upstream.request_timeout_ms", "must be greater than 0");
     }
     UpstreamConfig {
+        protocol: choice(
+            "upstream.protocol",
+            raw.protocol.as_deref(),
+            &[
+                ("http1", UpstreamProtocol::Http1),
+                ("h2c", UpstreamProtocol::H2c),
+            ],
+            p,
+        ),
         url,
         connect_timeout: Duration::from_millis(connect_ms),
         request_timeout: Duration::from_millis(request_ms),

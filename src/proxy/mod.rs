@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use crate::auth::{
     Authenticator, Fresh, LastToken, NoTrace, TokenHash, Trace, Verified, step, token,
 };
-use crate::config::{AuthMode, Cidr, Config, IssuerConfig, Profile};
+use crate::config::{AuthMode, Cidr, Config, IssuerConfig, Profile, UpstreamProtocol};
 use crate::jose::Algorithm;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, RouteId, sources};
@@ -38,7 +38,7 @@ use crate::reject::{Reason, Reject};
 use crate::revocation::Revocation;
 use crate::revocation::{Facts, LifetimeBound, RevocationList, TokenFingerprints};
 pub use metrics::{Outcome, ProxyMetrics, RouteMetrics, UpstreamErrorKind};
-use upstream::{UpstreamBody, UpstreamError, UpstreamPool};
+use upstream::{H2Upstream, Upstream, UpstreamBody, UpstreamError, UpstreamPool};
 
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
@@ -127,6 +127,8 @@ pub struct Prepared<B> {
     generation: Arc<Generation>,
     /// For an upgrade: what to decide again under a later generation.
     again: Option<Decision>,
+    /// A gRPC call: failures are answered in gRPC form.
+    grpc: bool,
 }
 
 impl<B> std::fmt::Debug for Prepared<B> {
@@ -151,7 +153,7 @@ pub struct Proxy {
     /// The generation new requests take (swapped whole by a reload).
     current: arc_swap::ArcSwap<Generation>,
     revocation: Option<Arc<Revocation>>,
-    upstream: Arc<UpstreamPool>,
+    upstream: Upstream,
     request_timeout: std::time::Duration,
     /// Open WebSocket tunnels, at most `max_connections` (an upgraded connection leaves
     /// the listener's count).
@@ -179,12 +181,18 @@ impl Proxy {
         Proxy {
             current: arc_swap::ArcSwap::from_pointee(first),
             revocation,
-            upstream: UpstreamPool::new(
-                &config.upstream.url,
-                config.upstream.connect_timeout,
-                std::time::Duration::from_secs(90),
-                256,
-            ),
+            upstream: match config.upstream.protocol {
+                UpstreamProtocol::Http1 => Upstream::Http1(UpstreamPool::new(
+                    &config.upstream.url,
+                    config.upstream.connect_timeout,
+                    std::time::Duration::from_secs(90),
+                    256,
+                )),
+                UpstreamProtocol::H2c => Upstream::H2c(H2Upstream::new(
+                    &config.upstream.url,
+                    config.upstream.connect_timeout,
+                )),
+            },
             request_timeout: config.upstream.request_timeout,
             tunnels: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
             metrics: families,
@@ -340,8 +348,10 @@ impl Proxy {
         let source = found.map(|f| f.source);
         // phase: rewrite
         let target = Target { new_path, source };
+        let grpc = is_grpc(&cx.req);
         let mut prepared = g.rewrite(cx, scan, target, identity, verified, current.clone());
         prepared.again = again;
+        prepared.grpc = grpc;
         Ok(prepared)
     }
 
@@ -353,7 +363,12 @@ impl Proxy {
             route,
             generation: g,
             again,
+            grpc,
         } = prepared;
+        if websocket.is_some() && self.upstream.is_h2c() {
+            tracing::warn!("WebSocket handshake refused: the upstream speaks HTTP/2 (h2c)");
+            return self.upstream_failed(&g, UpstreamErrorKind::Other, route, grpc);
+        }
         let upstream_req = request.map(|inner| ForwardBody {
             inner,
             strip: g.owned_headers.clone(),
@@ -372,11 +387,11 @@ impl Proxy {
                     UpstreamError::Exchange(_) => UpstreamErrorKind::Other,
                 };
                 tracing::warn!(error = %e, "upstream request failed");
-                return self.upstream_failed(&g, kind, route);
+                return self.upstream_failed(&g, kind, route, grpc);
             }
             Err(_) => {
                 tracing::warn!("upstream did not answer within request_timeout_ms");
-                return self.upstream_failed(&g, UpstreamErrorKind::Timeout, route);
+                return self.upstream_failed(&g, UpstreamErrorKind::Timeout, route, grpc);
             }
         };
 
@@ -387,15 +402,15 @@ impl Proxy {
                 tracing::warn!(
                     "upstream switched protocols without a WebSocket handshake; refused"
                 );
-                return self.upstream_failed(&g, UpstreamErrorKind::Other, route);
+                return self.upstream_failed(&g, UpstreamErrorKind::Other, route, grpc);
             };
             if !headers::websocket_accepted(resp.headers(), &key) {
                 tracing::warn!("upstream 101 does not complete the WebSocket handshake; refused");
-                return self.upstream_failed(&g, UpstreamErrorKind::Other, route);
+                return self.upstream_failed(&g, UpstreamErrorKind::Other, route, grpc);
             }
             let Ok(permit) = self.tunnels.clone().try_acquire_owned() else {
                 tracing::warn!("max_connections tunnels already open; handshake refused");
-                return self.upstream_failed(&g, UpstreamErrorKind::Other, route);
+                return self.upstream_failed(&g, UpstreamErrorKind::Other, route, grpc);
             };
             headers::strip_hop_by_hop(resp.headers_mut(), true);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -478,14 +493,28 @@ impl Proxy {
         g: &Generation,
         kind: UpstreamErrorKind,
         route: usize,
+        grpc: bool,
     ) -> Response<ResponseBody> {
         g.metrics.requests.inc(Outcome::UpstreamError, route);
         self.metrics.upstream_errors.inc(kind);
-        let (status, error) = match kind {
-            UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-            _ => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+        let (status, error, description) = match kind {
+            UpstreamErrorKind::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            ),
+            _ => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the upstream could not be reached",
+            ),
         };
-        json_response(status, error, "the upstream could not be reached")
+        let resp = json_response(status, error, description);
+        if grpc {
+            grpc_form(resp, description)
+        } else {
+            resp
+        }
     }
 }
 
@@ -563,7 +592,12 @@ impl Generation {
             Reason::InsufficientScope => self.policy.challenge_scope(cx.route),
             _ => None,
         };
-        self.reject(reject, scope)
+        let resp = self.reject(reject, scope);
+        if is_grpc(&cx.req) {
+            grpc_form(resp, reject.description)
+        } else {
+            resp
+        }
     }
 
     /// Phase `shape`: the request's own form, before any token is read (DESIGN §6).
@@ -739,6 +773,7 @@ impl Generation {
             route: self.policy.label_index(route),
             generation,
             again: None,
+            grpc: false,
         }
     }
 
@@ -1054,6 +1089,71 @@ fn ecdsa_twin_of(alg: Algorithm, signature: &str) -> Option<String> {
     }
 }
 
+/// A gRPC call (DESIGN §11): HTTP/2 with `content-type` `application/grpc`, alone or
+/// followed by `+…` or `;…` (grpc-web is plain HTTP and gets plain answers).
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_2
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+}
+
+/// The gRPC status for an HTTP answer jwtgate makes itself (DESIGN §3, §11).
+fn grpc_status(status: StatusCode) -> u8 {
+    match status {
+        StatusCode::UNAUTHORIZED => 16, // UNAUTHENTICATED
+        StatusCode::FORBIDDEN => 7,     // PERMISSION_DENIED
+        StatusCode::BAD_REQUEST => 3,   // INVALID_ARGUMENT
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => 14, // UNAVAILABLE
+        StatusCode::GATEWAY_TIMEOUT => 4, // DEADLINE_EXCEEDED
+        StatusCode::METHOD_NOT_ALLOWED => 12, // UNIMPLEMENTED
+        _ => 2,                         // UNKNOWN
+    }
+}
+
+/// `grpc-message`: percent-encoded, every byte outside 0x20–0x7E and `%` itself (gRPC
+/// over HTTP/2, "Responses").
+fn grpc_message(text: &str) -> HeaderValue {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("error"))
+}
+
+/// A response jwtgate made itself, in gRPC form: HTTP 200, trailers-only (one HEADERS
+/// frame that ends the stream) with `grpc-status` and `grpc-message`; `WWW-Authenticate`
+/// and `Retry-After` are kept.
+fn grpc_form(resp: Response<ResponseBody>, description: &str) -> Response<ResponseBody> {
+    let status = resp.status();
+    let mut out = Response::new(Either::Right(Full::new(Bytes::new())));
+    let h = out.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from(u16::from(grpc_status(status))),
+    );
+    h.insert(
+        HeaderName::from_static("grpc-message"),
+        grpc_message(description),
+    );
+    for keep in [header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
+        if let Some(v) = resp.headers().get(&keep) {
+            h.insert(keep, v.clone());
+        }
+    }
+    out
+}
+
 fn json_response(status: StatusCode, error: &str, description: &str) -> Response<ResponseBody> {
     let body = serde_json::json!({ "error": error, "error_description": description }).to_string();
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
@@ -1107,6 +1207,28 @@ mod tests {
             h.append(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn grpc_detection_and_message_encoding() {
+        let req = |version, ct: &str| {
+            Request::builder()
+                .version(version)
+                .header(header::CONTENT_TYPE, ct)
+                .body(())
+                .unwrap()
+        };
+        let h2 = http::Version::HTTP_2;
+        assert!(is_grpc(&req(h2, "application/grpc")));
+        assert!(is_grpc(&req(h2, "application/grpc+proto")));
+        assert!(is_grpc(&req(h2, "application/grpc;charset=utf-8")));
+        assert!(!is_grpc(&req(h2, "application/grpc-web")));
+        assert!(!is_grpc(&req(h2, "application/grpcx")));
+        assert!(!is_grpc(&req(http::Version::HTTP_11, "application/grpc")));
+        assert_eq!(grpc_message("100% ok\n"), "100%25 ok%0A");
+        assert_eq!(grpc_status(StatusCode::UNAUTHORIZED), 16);
+        assert_eq!(grpc_status(StatusCode::FORBIDDEN), 7);
+        assert_eq!(grpc_status(StatusCode::GATEWAY_TIMEOUT), 4);
     }
 
     #[test]

@@ -133,27 +133,7 @@ impl UpstreamPool {
     }
 
     async fn connect(&self) -> Result<SendRequest<ForwardBody>, UpstreamError> {
-        let connect = async {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
-                .await
-                .map_err(|e| UpstreamError::Connect(format!("resolving {}: {e}", self.host)))?
-                .collect();
-            let mut last = None;
-            for addr in addrs {
-                match tokio::net::TcpStream::connect(addr).await {
-                    Ok(tcp) => return Ok(tcp),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(UpstreamError::Connect(match last {
-                Some(e) => e.to_string(),
-                None => format!("{} resolved to no address", self.host),
-            }))
-        };
-        let tcp = tokio::time::timeout(self.connect_timeout, connect)
-            .await
-            .map_err(|_| UpstreamError::Connect("connect timeout".to_owned()))??;
-        let _ = tcp.set_nodelay(true);
+        let tcp = dial(&self.host, self.port, self.connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(tcp))
             .await
@@ -164,6 +144,157 @@ impl UpstreamPool {
             }
         });
         Ok(sender)
+    }
+}
+
+/// A TCP connection to the upstream within `timeout` (every resolved address tried).
+async fn dial(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, UpstreamError> {
+    let connect = async {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("resolving {host}: {e}")))?
+            .collect();
+        let mut last = None;
+        for addr in addrs {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(UpstreamError::Connect(match last {
+            Some(e) => e.to_string(),
+            None => format!("{host} resolved to no address"),
+        }))
+    };
+    let tcp = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| UpstreamError::Connect("connect timeout".to_owned()))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// HTTP/2 with prior knowledge to the upstream (`upstream.protocol = "h2c"`, for gRPC):
+/// one multiplexed connection, shared by every request, made again when it closes. Streams,
+/// flow control and trailers are hyper's HTTP/2 client's.
+pub struct H2Upstream {
+    host: String,
+    port: u16,
+    /// `:authority` when the request has no `Host`.
+    authority: http::uri::Authority,
+    connect_timeout: Duration,
+    current: arc_swap::ArcSwapOption<hyper::client::conn::http2::SendRequest<ForwardBody>>,
+    /// One connect at a time: requests arriving meanwhile wait for it instead of opening
+    /// connections of their own (the only lock held across an await, and it guards no data).
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Upstream {
+    pub fn new(uri: &http::Uri, connect_timeout: Duration) -> Arc<H2Upstream> {
+        Arc::new(H2Upstream {
+            host: uri
+                .host()
+                .unwrap_or("127.0.0.1")
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: uri.port_u16().unwrap_or(80),
+            authority: uri
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| http::uri::Authority::from_static("127.0.0.1")),
+            connect_timeout,
+            current: arc_swap::ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Sends one request as an HTTP/2 stream: `:scheme` http, `:authority` from `Host`.
+    pub async fn send(
+        &self,
+        req: Request<ForwardBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let (mut parts, body) = req.into_parts();
+        let authority = parts
+            .headers
+            .remove(http::header::HOST)
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| self.authority.clone());
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = http::Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|e| UpstreamError::Connect(format!("request URI: {e}")))?;
+        // `TE: trailers` survived the hop-by-hop strip (gRPC servers require it).
+        parts.version = http::Version::HTTP_2;
+        let mut sender = self.sender().await?;
+        let resp = sender
+            .send_request(Request::from_parts(parts, body))
+            .await?;
+        Ok(resp.map(|inner| UpstreamBody {
+            inner,
+            ended: false,
+            give_back: None,
+        }))
+    }
+
+    async fn sender(
+        &self,
+    ) -> Result<hyper::client::conn::http2::SendRequest<ForwardBody>, UpstreamError> {
+        let usable = |s: &Option<Arc<hyper::client::conn::http2::SendRequest<ForwardBody>>>| {
+            s.as_ref().filter(|s| !s.is_closed()).map(|s| (**s).clone())
+        };
+        if let Some(s) = usable(&self.current.load_full()) {
+            return Ok(s);
+        }
+        let _gate = self.connecting.lock().await;
+        if let Some(s) = usable(&self.current.load_full()) {
+            return Ok(s);
+        }
+        let tcp = dial(&self.host, self.port, self.connect_timeout).await?;
+        let (sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        self.current.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+}
+
+/// The upstream as configured (`upstream.protocol`).
+pub enum Upstream {
+    Http1(Arc<UpstreamPool>),
+    H2c(Arc<H2Upstream>),
+}
+
+impl Upstream {
+    pub async fn send(
+        &self,
+        req: Request<ForwardBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match self {
+            Upstream::Http1(pool) => pool.send(req).await,
+            Upstream::H2c(h2) => h2.send(req).await,
+        }
+    }
+
+    pub fn is_h2c(&self) -> bool {
+        matches!(self, Upstream::H2c(_))
     }
 }
 

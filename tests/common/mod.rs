@@ -290,6 +290,8 @@ pub struct Options {
     pub extra: String,
     /// Extra TOML lines inside `[server]`.
     pub server_extra: String,
+    /// Extra TOML lines inside `[upstream]` (`protocol = "h2c"`).
+    pub upstream_extra: String,
     pub upstream_url: Option<String>,
     pub clock: Option<Arc<dyn Clock>>,
     pub wait_ready: bool,
@@ -306,6 +308,7 @@ impl Default for Options {
             issuer_extra: String::new(),
             extra: String::new(),
             server_extra: String::new(),
+            upstream_extra: String::new(),
             upstream_url: None,
             clock: None,
             wait_ready: true,
@@ -339,6 +342,7 @@ shutdown_delay_s = {shutdown_delay}
 [upstream]
 url = "{upstream}"
 request_timeout_ms = 2000
+{upstream_extra}
 [[issuers]]
 name = "test-km"
 issuer = "{issuer}"
@@ -363,6 +367,7 @@ min_refetch_interval_s = 2
             },
             extra = opts.extra,
             server_extra = opts.server_extra,
+            upstream_extra = opts.upstream_extra,
             shutdown_delay = opts.shutdown_delay_s,
         );
         let config =
