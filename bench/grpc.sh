@@ -30,7 +30,6 @@ daemon off;
 events { worker_connections 1024; }
 http {
   access_log off;
-  http2_max_requests 10000000;
   keepalive_requests 10000000;
   server {
     listen 127.0.0.1:18880;
