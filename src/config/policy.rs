@@ -534,6 +534,21 @@ pub(super) fn validate_routes(
         }
         out.push(route);
     }
+    let patterns: Vec<String> = out
+        .iter()
+        .filter_map(|r| match &r.path {
+            PathMatch::PathRegex(re) => Some(PathMatch::anchored(re)),
+            _ => None,
+        })
+        .collect();
+    if regex::RegexSet::new(&patterns).is_err()
+        && patterns.iter().all(|p| regex::Regex::new(p).is_ok())
+    {
+        p.push(
+            "routes",
+            "the path_regex patterns together exceed the regex size limit: simplify or merge them",
+        );
+    }
     out
 }
 
@@ -719,6 +734,13 @@ pub(super) fn validate_claim_headers(
             p.push(k, "not a valid header name");
             continue;
         };
+        if header.as_str().contains('_') {
+            p.push(
+                k,
+                "use - instead of _: servers fold both onto one name, so a client could send its own copy",
+            );
+            continue;
+        }
         if reserved_claim_header(&header, claims_header, sources) {
             p.push(
                 k,

@@ -528,6 +528,13 @@ pub(super) fn validate_forward(raw: RawForward, p: &mut Problems) -> ForwardConf
         .claims_header
         .unwrap_or_else(|| "x-jwt-payload".to_owned());
     let claims_header = match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) if h.as_str().contains('_') => {
+            p.push(
+                "forward.claims_header",
+                "use - instead of _: servers fold both onto one name, so a client could send its own copy",
+            );
+            HeaderName::from_static("x-jwt-payload")
+        }
         Ok(h) if !crate::hop::is_reserved(&h) => h,
         Ok(_) => {
             p.push(

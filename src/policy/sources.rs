@@ -69,46 +69,72 @@ fn from_header<'r>(
     let value = value
         .to_str()
         .map_err(|_| Reject::new(Reason::Malformed, "the token header is not visible ASCII"))?;
+    // Spaces and tabs around and after the scheme are read the way upstream frameworks
+    // read them: `Bearer\t<token>` is this source's token, not "another scheme".
+    let value = value.trim_matches(WS);
     let token = match (scheme, prefix) {
         (Some(scheme), _) => {
-            let (given, rest) = value.split_once(' ').unwrap_or((value, ""));
-            if !given.eq_ignore_ascii_case(scheme) {
+            if !has_scheme(value, scheme) {
                 // Another scheme (Basic, DPoP, …) is not this source's token.
                 return Ok(None);
             }
-            let token = rest.trim_matches(' ');
+            let token = value[scheme.len()..].trim_matches(WS);
             if token.is_empty() {
                 return Err(Reject::new(Reason::Malformed, "empty bearer token"));
             }
             token
         }
         (None, Some(prefix)) => match value.strip_prefix(prefix) {
-            Some(rest) => rest.trim_matches(' '),
+            Some(rest) => rest.trim_matches(WS),
             None => return Ok(None),
         },
-        (None, None) => value.trim_matches(' '),
+        (None, None) => value,
     };
     Ok((!token.is_empty()).then_some(Cow::Borrowed(token)))
 }
 
-/// The `name=value` pairs of every `Cookie` header (HTTP/2 sends one crumb per header;
-/// taking the pairs of each is joining them).
-fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+/// Spaces and tabs (RFC 9110 OWS).
+const WS: [char; 2] = [' ', '\t'];
+
+/// `value` starts with `scheme` (any case), then whitespace or nothing.
+fn has_scheme(value: &str, scheme: &str) -> bool {
+    value.len() >= scheme.len()
+        && value.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+        && value
+            .get(scheme.len()..)
+            .is_some_and(|rest| rest.chars().next().is_none_or(|c| WS.contains(&c)))
+}
+
+fn trim_bytes(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !matches!(c, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// The `name=value` pairs of every `Cookie` header, as bytes: a header holding a byte
+/// outside ASCII is still read (skipping it would hide a second token). HTTP/2 sends one
+/// crumb per header; taking the pairs of each is joining them.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .filter_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
-            Some((name.trim(), value.trim()))
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            Some((trim_bytes(&pair[..eq]), trim_bytes(&pair[eq + 1..])))
         })
 }
 
 fn from_cookies<'r>(headers: &'r HeaderMap, name: &str) -> Result<Option<Cow<'r, str>>, Reject> {
     let mut found = None;
     for (n, v) in cookie_pairs(headers) {
-        if n != name {
+        if n != name.as_bytes() {
             continue;
         }
         if found.is_some() {
@@ -116,28 +142,39 @@ fn from_cookies<'r>(headers: &'r HeaderMap, name: &str) -> Result<Option<Cow<'r,
         }
         // RFC 6265 §4.1.1 allows the value in double quotes.
         let v = v
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
             .unwrap_or(v);
         found = Some(v);
     }
-    Ok(found.filter(|v| !v.is_empty()).map(Cow::Borrowed))
+    match found.filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => std::str::from_utf8(v)
+            .map(|v| Some(Cow::Borrowed(v)))
+            .map_err(|_| Reject::new(Reason::Malformed, "the token cookie is not visible ASCII")),
+    }
 }
 
-/// A query parameter's name as an application decodes it (`access%5Ftoken` is
-/// `access_token` too).
-fn param_name(pair: &str) -> Cow<'_, str> {
+/// A query parameter is `name` as some application decodes it: percent-decoded
+/// (`access%5Ftoken`), and with PHP's folding of `.`, ` ` and `[` to `_` (`access.token`).
+fn param_is(pair: &str, name: &str) -> bool {
     let raw = pair.split('=').next().unwrap_or_default();
-    match form_urlencoded::parse(raw.as_bytes()).next() {
-        Some((name, _)) => name,
-        None => Cow::Borrowed(""),
-    }
+    let decoded = match form_urlencoded::parse(raw.as_bytes()).next() {
+        Some((n, _)) => n,
+        None => return false,
+    };
+    decoded == name
+        || decoded
+            .chars()
+            .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
+            .eq(name.chars())
 }
 
 fn from_query<'r>(query: Option<&'r str>, name: &str) -> Result<Option<Cow<'r, str>>, Reject> {
     let mut found = None;
-    for pair in query.unwrap_or_default().split('&') {
-        if param_name(pair) != name {
+    // `;` separates parameters too for some frameworks.
+    for pair in query.unwrap_or_default().split(['&', ';']) {
+        if !param_is(pair, name) {
             continue;
         }
         if found.is_some() {
@@ -164,11 +201,25 @@ pub fn strip_query(sources: &[TokenSource], query: &str) -> Option<String> {
             _ => None,
         })
         .collect();
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !names.iter().any(|n| param_name(pair) == *n))
-        .collect();
-    let kept = kept.join("&");
+    // Rebuilt with the separators as sent, less every parameter a source names.
+    let mut kept = String::with_capacity(query.len());
+    let mut sep = "";
+    let mut rest = query;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let pair = &rest[..end];
+        if !names.iter().any(|n| param_is(pair, n)) && !pair.is_empty() {
+            if !kept.is_empty() {
+                kept.push_str(sep);
+            }
+            kept.push_str(pair);
+        }
+        if end == rest.len() {
+            break;
+        }
+        sep = &rest[end..end + 1];
+        rest = &rest[end + 1..];
+    }
     (!kept.is_empty()).then_some(kept)
 }
 
@@ -184,20 +235,14 @@ pub fn has_query_source(sources: &[TokenSource]) -> bool {
 /// cookies kept. A query source is handled by [`strip_query`].
 pub fn strip(headers: &mut HeaderMap, source: &TokenSource) {
     match source {
-        TokenSource::Header {
-            header,
-            scheme,
-            prefix,
-        } => {
+        TokenSource::Header { header, scheme, .. } => {
+            // A value this source could read, or one it cannot read at all, goes; a header
+            // with a prefix or no scheme is removed whole.
             let carries = |v: &HeaderValue| {
                 let Ok(v) = v.to_str() else { return true };
-                match (scheme, prefix) {
-                    (Some(s), _) => v
-                        .split(' ')
-                        .next()
-                        .is_some_and(|g| g.eq_ignore_ascii_case(s)),
-                    (None, Some(p)) => v.starts_with(p.as_str()),
-                    (None, None) => true,
+                match scheme {
+                    Some(s) => has_scheme(v.trim_matches(WS), s),
+                    None => true,
                 }
             };
             let kept: Vec<HeaderValue> = headers
@@ -215,13 +260,21 @@ pub fn strip(headers: &mut HeaderMap, source: &TokenSource) {
             if !headers.contains_key(header::COOKIE) {
                 return;
             }
-            let kept: Vec<String> = cookie_pairs(headers)
-                .filter(|(n, _)| n != cookie)
-                .map(|(n, v)| format!("{n}={v}"))
-                .collect();
+            let mut kept: Vec<u8> = Vec::new();
+            for (n, v) in cookie_pairs(headers) {
+                if n == cookie.as_bytes() {
+                    continue;
+                }
+                if !kept.is_empty() {
+                    kept.extend_from_slice(b"; ");
+                }
+                kept.extend_from_slice(n);
+                kept.push(b'=');
+                kept.extend_from_slice(v);
+            }
             headers.remove(header::COOKIE);
             if !kept.is_empty()
-                && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+                && let Ok(v) = HeaderValue::from_bytes(&kept)
             {
                 headers.insert(header::COOKIE, v);
             }
@@ -297,6 +350,19 @@ mod tests {
             token(&h(&[("cookie", "at=")]), Some("access_token=")),
             Ok(None)
         );
+        // Whitespace as frameworks read it; `;` as a query separator; PHP's name folding.
+        assert_eq!(
+            token(&h(&[("authorization", " Bearer\ta.b.c ")]), None),
+            Ok(Some(("a.b.c".into(), 0)))
+        );
+        assert_eq!(
+            token(&h(&[("authorization", "Bearerx a.b.c")]), None),
+            Ok(None)
+        );
+        assert_eq!(
+            token(&none, Some("x=1;access.token=a.b.c")),
+            Ok(Some(("a.b.c".into(), 2)))
+        );
         for (headers, query) in [
             (
                 h(&[("authorization", "Bearer a"), ("cookie", "at=b")]),
@@ -310,6 +376,8 @@ mod tests {
                 h(&[("authorization", "Basic x"), ("authorization", "Bearer a")]),
                 None,
             ),
+            (h(&[("authorization", "Bearer\ta")]), Some("access_token=b")),
+            (HeaderMap::new(), Some("access_token=a;access_token=b")),
         ] {
             assert_eq!(
                 token(&headers, query),
@@ -327,6 +395,10 @@ mod tests {
             Some("a=1&b=2")
         );
         assert_eq!(strip_query(&s, "access_token=x"), None);
+        assert_eq!(
+            strip_query(&s, "a=1;access.token=x&b=2").as_deref(),
+            Some("a=1&b=2")
+        );
         let mut m = h(&[
             ("authorization", "Basic eHk="),
             ("cookie", "x=1; at=t"),
