@@ -197,7 +197,7 @@ fn request_path(c: &mut Criterion) {
         rev.list().apply(&batch);
         let auth = Arc::new(Authenticator::new(&config, &[ik], clock, &metrics));
         let proxy = Proxy::new(&config, auth, Some(rev), &metrics);
-        let peer = Peer::new("10.1.2.3:50000".parse().unwrap(), &[]);
+        let peer = Peer::new("10.1.2.3:50000".parse().unwrap());
         let request = || {
             http::Request::builder()
                 .uri("/orders/42?expand=items")

@@ -600,9 +600,27 @@ async fn cookie_tokens_on_unsafe_methods_need_an_allowed_origin() {
         None,
     )
     .await;
+    // A WebSocket handshake is a GET, but a cross-site page can open one with the cookie.
+    let ws = [
+        c,
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    expect(&h, ("GET", "/ws"), &ws, 403, None).await;
+    let evil = [
+        ws[0],
+        ws[1],
+        ws[2],
+        ws[3],
+        ws[4],
+        ("Origin", "https://evil.example"),
+    ];
+    expect(&h, ("GET", "/ws"), &evil, 403, None).await;
     assert_eq!(
         h.metric(r#"jwtgate_rejections_total{reason="csrf"}"#).await,
-        4.0
+        6.0
     );
 }
 

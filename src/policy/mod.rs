@@ -244,20 +244,24 @@ impl Policy {
                 })
     }
 
-    /// A cookie token on a method other than GET/HEAD/OPTIONS needs `Origin` (else
-    /// `Referer`) in `allowed_origins`: a browser sends the cookie on a cross-site form
-    /// post too.
+    /// A cookie token on a method other than GET/HEAD/OPTIONS, or on an upgrade, needs
+    /// `Origin` (else `Referer`) in `allowed_origins`: a browser sends the cookie on a
+    /// cross-site form post too.
     pub fn csrf(
         &self,
         source: usize,
         method: &http::Method,
         headers: &HeaderMap,
+        upgrade: bool,
     ) -> Result<(), Reject> {
         let cookie = matches!(self.sources.get(source), Some(TokenSource::Cookie { .. }));
-        let safe = matches!(
-            *method,
-            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-        );
+        // A WebSocket handshake is a GET, but a cross-site page can open one with the
+        // user's cookie (cross-site WebSocket hijacking): it needs an allowed origin too.
+        let safe = !upgrade
+            && matches!(
+                *method,
+                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+            );
         if !cookie || safe {
             return Ok(());
         }

@@ -94,20 +94,17 @@ impl Body for ForwardBody {
 pub struct Peer {
     pub addr: SocketAddr,
     forwarded_for: HeaderValue,
-    /// The peer is in `server.trusted_proxies`: its forwarding headers are kept.
-    trusted: bool,
     /// The last token this connection presented (skips hashing a repeated token).
     last_token: LastToken,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, trusted_proxies: &[Cidr]) -> Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
         let forwarded_for = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Peer {
             addr,
             forwarded_for,
-            trusted: trusted_proxies.iter().any(|c| c.contains(addr.ip())),
             last_token: LastToken::default(),
         }
     }
@@ -252,7 +249,7 @@ impl Proxy {
             |tcp| async move { Ok(tcp) },
             move |addr| {
                 let proxy = self.clone();
-                let peer = Arc::new(Peer::new(addr, &proxy.current().trusted_proxies));
+                let peer = Arc::new(Peer::new(addr));
                 hyper::service::service_fn(move |req| {
                     let proxy = proxy.clone();
                     let peer = peer.clone();
@@ -340,9 +337,8 @@ impl Proxy {
         // generation (DESIGN §9); a plain request keeps nothing.
         let again = (cx.req.headers().contains_key(header::UPGRADE)).then(|| Decision {
             method: cx.req.method().clone(),
-            path: new_path
-                .clone()
-                .unwrap_or_else(|| cx.req.uri().path().to_owned()),
+            // As sent: a later generation normalizes it with its own policy.
+            path: cx.req.uri().path().to_owned(),
             token: token.map(str::to_owned),
         });
         let source = found.map(|f| f.source);
@@ -564,7 +560,12 @@ impl Generation {
                 return Err(Reject::new(Reason::Missing, "no bearer token"));
             }
             None => {}
-            Some(f) => self.policy.csrf(f.source, req.method(), req.headers())?,
+            Some(f) => self.policy.csrf(
+                f.source,
+                req.method(),
+                req.headers(),
+                req.headers().contains_key(header::UPGRADE),
+            )?,
         }
         Ok((found, route))
     }
@@ -681,7 +682,8 @@ impl Generation {
     /// token in full, revocation and the route's requirements. `Ok(None)`: this generation
     /// lets the request through without a token.
     async fn decide_again(&self, d: &Decision) -> Result<Option<Arc<Verified>>, Reject> {
-        let route = self.policy.route(d.method.as_str(), &d.path);
+        let path = self.policy.normalize(&d.path)?;
+        let route = self.policy.route(d.method.as_str(), &path.matching);
         let token = match (self.policy.auth(route), &d.token) {
             (AuthMode::Public, _) | (AuthMode::Optional, None) => return Ok(None),
             (AuthMode::Required, None) => {
@@ -747,7 +749,9 @@ impl Generation {
                 tracing::debug!(peer = %peer.addr, header = %name, "client-sent identity header dropped");
             }
         }
-        if scan.forwarding && !peer.trusted {
+        // Trust is decided per request, by this generation's list.
+        let trusted = self.trusts(peer);
+        if scan.forwarding && !trusted {
             headers::remove_forwarding(h);
         }
         self.strip_credentials(h, route, target.source);
@@ -759,8 +763,8 @@ impl Generation {
                 }
             }
         }
-        set_host(h, &parts.uri, peer, &self.upstream_host);
-        if !peer.trusted || !h.contains_key(headers::X_FORWARDED_PROTO) {
+        set_host(h, &parts.uri, trusted, &self.upstream_host);
+        if !trusted || !h.contains_key(headers::X_FORWARDED_PROTO) {
             h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
         headers::append_forwarded_for(h, &peer.forwarded_for);
@@ -775,6 +779,16 @@ impl Generation {
             again: None,
             grpc: false,
         }
+    }
+
+    /// The peer is in this generation's `server.trusted_proxies`: its forwarding headers
+    /// are kept.
+    fn trusts(&self, peer: &Peer) -> bool {
+        !self.trusted_proxies.is_empty()
+            && self
+                .trusted_proxies
+                .iter()
+                .any(|c| c.contains(peer.addr.ip()))
     }
 
     /// What the upstream must not receive: on a public route, whatever the token sources
@@ -1047,14 +1061,14 @@ struct Target {
 
 /// Host (RFC 9112 §3.2.2, RFC 9113 §8.3.1): an absolute-form target or HTTP/2's
 /// `:authority` decides; else the one `Host` header; else (HTTP/1.0) the upstream's.
-fn set_host(h: &mut http::HeaderMap, uri: &http::Uri, peer: &Peer, upstream_host: &HeaderValue) {
+fn set_host(h: &mut http::HeaderMap, uri: &http::Uri, trusted: bool, upstream_host: &HeaderValue) {
     let host = match uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => h.get(header::HOST).cloned(),
     };
     match host {
         Some(host) => {
-            if !peer.trusted || !h.contains_key(headers::X_FORWARDED_HOST) {
+            if !trusted || !h.contains_key(headers::X_FORWARDED_HOST) {
                 h.insert(headers::X_FORWARDED_HOST, host.clone());
             }
             h.insert(header::HOST, host);
