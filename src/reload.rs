@@ -68,6 +68,9 @@ struct State {
 }
 
 pub struct Reloader {
+    /// One reload at a time, from reading the file to installing it: a SIGHUP and a
+    /// `--watch` change cannot interleave and leave the older content in force.
+    serial: Mutex<()>,
     state: Mutex<State>,
     proxy: Arc<Proxy>,
     revocation: Option<Arc<Revocation>>,
@@ -109,6 +112,7 @@ impl Reloader {
             })
             .collect();
         Reloader {
+            serial: Mutex::new(()),
             state: Mutex::new(State {
                 config: parts.config,
                 generation: 1,
@@ -167,9 +171,10 @@ impl Reloader {
 
     /// Loads with `loader` and applies the result; counts and logs the outcome either way.
     pub fn reload_from(&self, loader: &Loader, why: &str) -> Result<u64, ConfigErrors> {
+        let _serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
         let result = loader()
             .and_then(|c| c.check_host().map(|()| c))
-            .and_then(|c| self.reload(c));
+            .and_then(|c| self.apply(c));
         match &result {
             Ok(generation) => tracing::info!(generation, trigger = why, "config reloaded"),
             Err(errors) => {
@@ -186,16 +191,25 @@ impl Reloader {
     /// keys changed, or a new issuer's or feed's client cannot be built). Refusals are not
     /// counted here (see [`Reloader::reload_from`]).
     pub fn reload(&self, next: Config) -> Result<u64, ConfigErrors> {
+        let _serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        self.apply(next)
+    }
+
+    /// Everything that can fail comes first (restart-only keys, new issuers' clients, the
+    /// revocation feed's client); only then is anything changed.
+    fn apply(&self, next: Config) -> Result<u64, ConfigErrors> {
         let mut state = self.lock();
         let problems = restart_only_changes(&state.config, &next);
         if !problems.is_empty() {
             return Err(ConfigErrors(problems));
         }
-        let entries = self.key_entries(&mut state, &next)?;
+        let fresh = self.fresh_keys(&state, &next)?;
         if let (Some(rev), Some(cfg)) = (&self.revocation, &next.revocation) {
+            // Builds the new poller before changing anything: an error leaves it as it was.
             rev.reload(cfg.clone(), next.max_leeway_s())
                 .map_err(|e| one("revocation.feed_url", e))?;
         }
+        let entries = self.key_entries(&mut state, &next, fresh);
         let generation = state.generation + 1;
         let keys: Vec<Arc<IssuerKeys>> = entries.iter().map(|e| e.keys.clone()).collect();
         let auth = Arc::new(Authenticator::for_generation(
@@ -228,10 +242,12 @@ impl Reloader {
         Ok(generation)
     }
 
-    /// The key sets of `next`'s issuers: an unchanged issuer's entry moves over; a new or
-    /// changed one gets a fresh key set, refreshing from now on. Old entries not taken stay
-    /// in `state` (the caller stops them once the reload is committed).
-    fn key_entries(&self, state: &mut State, next: &Config) -> Result<Vec<KeyEntry>, ConfigErrors> {
+    /// Key sets for `next`'s issuers that no current entry can serve (not started yet).
+    fn fresh_keys(
+        &self,
+        state: &State,
+        next: &Config,
+    ) -> Result<Vec<(IssuerConfig, Arc<IssuerKeys>)>, ConfigErrors> {
         let mut fresh = Vec::new();
         for (i, cfg) in next.issuers.iter().enumerate() {
             if state.keys.iter().any(|e| same_keys(&e.cfg, cfg)) {
@@ -246,6 +262,18 @@ impl Reloader {
             .map_err(|e| one(format!("issuers[{i}]"), e))?;
             fresh.push((cfg.clone(), Arc::new(keys)));
         }
+        Ok(fresh)
+    }
+
+    /// The key sets of `next`'s issuers: an unchanged issuer's entry moves over; a new one
+    /// takes its fresh key set and starts refreshing. Old entries not taken stay in
+    /// `state` (the caller stops them). Cannot fail.
+    fn key_entries(
+        &self,
+        state: &mut State,
+        next: &Config,
+        mut fresh: Vec<(IssuerConfig, Arc<IssuerKeys>)>,
+    ) -> Vec<KeyEntry> {
         let mut entries = Vec::new();
         for cfg in &next.issuers {
             if let Some(pos) = state.keys.iter().position(|e| same_keys(&e.cfg, cfg)) {
@@ -269,7 +297,7 @@ impl Reloader {
                 gating: false,
             });
         }
-        Ok(entries)
+        entries
     }
 }
 

@@ -177,6 +177,8 @@ async fn dial(
     Ok(tcp)
 }
 
+type H2Sender = hyper::client::conn::http2::SendRequest<ForwardBody>;
+
 /// HTTP/2 with prior knowledge to the upstream (`upstream.protocol = "h2c"`, for gRPC):
 /// one multiplexed connection, shared by every request, made again when it closes. Streams,
 /// flow control and trailers are hyper's HTTP/2 client's.
@@ -186,7 +188,7 @@ pub struct H2Upstream {
     /// `:authority` when the request has no `Host`.
     authority: http::uri::Authority,
     connect_timeout: Duration,
-    current: arc_swap::ArcSwapOption<hyper::client::conn::http2::SendRequest<ForwardBody>>,
+    current: arc_swap::ArcSwapOption<H2Sender>,
     /// One connect at a time: requests arriving meanwhile wait for it instead of opening
     /// connections of their own (the only lock held across an await, and it guards no data).
     connecting: tokio::sync::Mutex<()>,
@@ -236,22 +238,48 @@ impl H2Upstream {
             .map_err(|e| UpstreamError::Connect(format!("request URI: {e}")))?;
         // `TE: trailers` survived the hop-by-hop strip (gRPC servers require it).
         parts.version = http::Version::HTTP_2;
-        let mut sender = self.sender().await?;
-        let resp = sender
-            .send_request(Request::from_parts(parts, body))
-            .await?;
-        Ok(resp.map(|inner| UpstreamBody {
-            inner,
-            ended: false,
-            give_back: None,
-        }))
+        let mut req = Request::from_parts(parts, body);
+        // A connection the upstream is closing (GOAWAY) refuses new streams before sending
+        // anything: such a request is sent once more, on a new connection.
+        let mut retried = false;
+        loop {
+            let (mut sender, conn) = self.sender().await?;
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok(resp.map(|inner| UpstreamBody {
+                        inner,
+                        ended: false,
+                        give_back: None,
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if !retried => {
+                        tracing::debug!(error = %e.error(), "upstream HTTP/2 connection refused the stream; retrying on a new one");
+                        self.forget(&conn);
+                        retried = true;
+                        req = back;
+                    }
+                    _ => return Err(UpstreamError::Exchange(e.into_error())),
+                },
+            }
+        }
     }
 
-    async fn sender(
-        &self,
-    ) -> Result<hyper::client::conn::http2::SendRequest<ForwardBody>, UpstreamError> {
-        let usable = |s: &Option<Arc<hyper::client::conn::http2::SendRequest<ForwardBody>>>| {
-            s.as_ref().filter(|s| !s.is_closed()).map(|s| (**s).clone())
+    /// Drops `conn` as the current connection (if it still is).
+    fn forget(&self, conn: &Arc<H2Sender>) {
+        let current = self.current.load_full();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            self.current
+                .compare_and_swap(&current, None::<Arc<H2Sender>>);
+        }
+    }
+
+    /// The shared connection (a clone of its sender, and the connection itself).
+    async fn sender(&self) -> Result<(H2Sender, Arc<H2Sender>), UpstreamError> {
+        let usable = |s: &Option<Arc<H2Sender>>| {
+            s.as_ref()
+                .filter(|s| !s.is_closed())
+                .map(|s| ((**s).clone(), s.clone()))
         };
         if let Some(s) = usable(&self.current.load_full()) {
             return Ok(s);
@@ -261,8 +289,13 @@ impl H2Upstream {
             return Ok(s);
         }
         let tcp = dial(&self.host, self.port, self.connect_timeout).await?;
+        // Flow control: a stream may buffer 256 KiB, the connection 16 MiB, so a few
+        // clients that stop reading their streams cannot stall every other call.
         let (sender, conn) =
             hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .adaptive_window(false)
+                .initial_stream_window_size(256 * 1024)
+                .initial_connection_window_size(16 * 1024 * 1024)
                 .handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| UpstreamError::Connect(e.to_string()))?;
@@ -271,8 +304,9 @@ impl H2Upstream {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        self.current.store(Some(Arc::new(sender.clone())));
-        Ok(sender)
+        let shared = Arc::new(sender.clone());
+        self.current.store(Some(shared.clone()));
+        Ok((sender, shared))
     }
 }
 

@@ -251,8 +251,8 @@ pub struct Revocation {
     stop: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
     clock: Arc<dyn Clock>,
     metrics: RevocationMetrics,
-    /// Largest `leeway_s` of any issuer: pruning waits this much longer.
-    leeway: i64,
+    /// Largest `leeway_s` of any issuer: pruning waits this much longer (a reload sets it).
+    leeway: AtomicI64,
     cursor: Mutex<Option<String>>,
     /// Restored from a snapshot, or synced once from any source.
     ready: AtomicBool,
@@ -348,7 +348,7 @@ impl Revocation {
             stop: Mutex::new(None),
             clock,
             metrics: RevocationMetrics::register(metrics),
-            leeway,
+            leeway: AtomicI64::new(leeway),
             cursor: Mutex::new(cursor),
             ready: AtomicBool::new(ready),
             started_at: now,
@@ -417,7 +417,9 @@ impl Revocation {
     pub fn screen(&self, index: usize, record: &Record) -> Result<(), record::RecordError> {
         let now = self.clock.now();
         let problem = match record {
-            Record::Rule { revoked_at, .. } if *revoked_at > now.saturating_add(self.leeway) => {
+            Record::Rule { revoked_at, .. }
+                if *revoked_at > now.saturating_add(self.leeway.load(Ordering::Relaxed)) =>
+            {
                 "revoked_at is in the future (seconds, not milliseconds?)"
             }
             Record::Id { exp, .. }
@@ -546,7 +548,7 @@ impl Revocation {
     pub fn prune_now(&self) -> [u64; 3] {
         let pruned = self.list.prune(
             self.clock.now(),
-            self.leeway,
+            self.leeway.load(Ordering::Relaxed),
             self.settings.load().cfg.max_token_lifetime_s as i64,
         );
         if pruned.iter().any(|n| *n > 0) {
@@ -612,6 +614,9 @@ impl Revocation {
             leeway,
         );
         let bound_changed = bound != old.bound;
+        // Pruning follows the new largest leeway at once: a raise keeps records longer,
+        // exactly as long as tokens are now accepted past their exp.
+        self.leeway.store(leeway, Ordering::Relaxed);
         self.settings.store(Arc::new(Settings { cfg, bound }));
         if bound_changed {
             self.mark_dirty();
