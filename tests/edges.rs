@@ -319,6 +319,38 @@ async fn an_open_tunnel_is_closed_when_its_token_is_revoked_or_expires() {
     );
 }
 
+/// A reload that puts a tunnel's path behind a scope its token lacks closes that tunnel at
+/// its next check (DESIGN §9: tunnels are decided again under the new generation); a tunnel
+/// the new config still admits stays open.
+#[tokio::test]
+async fn a_reload_decides_open_tunnels_again() {
+    let key = DevKey::p256("k");
+    let up = SwitchingUpstream::start(Switch::Honour).await;
+    let h = in_front_of(&key, up.addr, "").await;
+    let token = bearer(&key.token(&h.claims()));
+    let head = |path: &str| websocket_head(&token).replacen("GET /ws ", &format!("GET {path} "), 1);
+    let (mut admin, got) = raw(h.proxy, &head("/admin/feed")).await;
+    assert!(got.starts_with("HTTP/1.1 101"), "{got}");
+    let (mut other, got) = raw(h.proxy, &head("/feed")).await;
+    assert!(got.starts_with("HTTP/1.1 101"), "{got}");
+    assert!(echo_works(&mut admin).await && echo_works(&mut other).await);
+
+    let next = format!(
+        "{}\n[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nscopes_all = [\"admin\"]\n",
+        h.config_text
+    );
+    let next = jwtgate::config::Config::from_toml_str(&next, &|_| None).unwrap();
+    assert_eq!(h.reloader.reload(next).unwrap(), 2);
+    assert!(
+        closed_within(&mut admin, 8).await,
+        "a tunnel the new generation refuses is still open"
+    );
+    assert!(
+        echo_works(&mut other).await,
+        "a tunnel it admits stays open"
+    );
+}
+
 /// `x_jwt_payload` folds onto `HTTP_X_JWT_PAYLOAD` in CGI/WSGI/PHP, like `x-jwt-payload`:
 /// only jwtgate's own copy reaches the app.
 #[tokio::test]

@@ -279,6 +279,8 @@ pub struct Harness {
     pub http: reqwest::Client,
     /// The config jwtgate runs with, as TOML (`jwtgate inspect` reads the same file).
     pub config_text: String,
+    /// Applies a new config to the running app, as SIGHUP does.
+    pub reloader: Arc<jwtgate::reload::Reloader>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -392,6 +394,7 @@ min_refetch_interval_s = 2
             .await
             .unwrap();
         let (proxy, admin) = (app.proxy_addr(), app.admin_addr());
+        let reloader = app.reloader();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run(async move {
@@ -407,6 +410,7 @@ min_refetch_interval_s = 2
             issuer,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             config_text,
+            reloader,
             shutdown: Some(tx),
             task: Some(task),
         };
