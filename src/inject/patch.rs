@@ -479,6 +479,10 @@ mod tests {
         let args = c.args.clone().unwrap().join(" ");
         assert!(args.contains("--listen 0.0.0.0:8443"), "{args}");
         assert!(args.contains("--upstream http://127.0.0.1:8243"), "{args}");
+        assert!(
+            args.ends_with("--watch"),
+            "a ConfigMap edit reaches the sidecar: {args}"
+        );
         let sc = c.security_context.clone().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
