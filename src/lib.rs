@@ -37,6 +37,10 @@
 //! runs the shutdown sequence: not ready at once, serve for `shutdown_delay`, close the
 //! listener, drain for at most `drain_timeout`.
 //!
+//! Reload ([`reload`]): `SIGHUP` or `--watch` builds a new generation — authenticator with
+//! its own cache, route policy, headers — and swaps it in whole; a request is decided under
+//! the generation it started with, and open tunnels are decided again under the new one.
+//!
 //! Modules depend one way: the leaves (`reject`, `clock`, `jose`, `hashing`, `hop`,
 //! `path`) ← `config` ← `metrics`, `jwks`, `revocation` ← `auth` ← `policy` ← `proxy` ←
 //! `admin` ← `lib`
