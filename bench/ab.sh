@@ -6,6 +6,8 @@
 #   bench/ab.sh BASE_BIN [NEW_BIN] [PEERS_STATE_DIR]    # NEW_BIN: target/release/jwtgate
 #   ROUNDS=7 DURATION=8s ALG=es256 CACHE_ENTRIES=0 bench/ab.sh /tmp/jwtgate-old
 #   NEW_EXTRA=bench/routes-10.toml bench/ab.sh /tmp/jwtgate-old   # NEW runs with ten routes
+#   BASE_ARGS="--runtime current-thread" NEW_ARGS="--runtime multi-thread --threads 1" \
+#     bench/ab.sh target/release/jwtgate target/release/jwtgate       # runtimes, one binary
 #
 # Same layout as load.sh: nginx and wrk on CPU 0, each proxy alone on CPU 1.
 set -euo pipefail
@@ -19,8 +21,8 @@ work="$(mktemp -d)"; pids=()
 token="$(cat "$state/tokens/valid-$alg.jwt")"
 
 start_upstream 18780
-bin="$base" start_jwtgate base 18781 18791 18780
-bin="$new" extra="${NEW_EXTRA:-}" start_jwtgate new 18782 18792 18780
+bin="$base" args="${BASE_ARGS:-}" start_jwtgate base 18781 18791 18780
+bin="$new" args="${NEW_ARGS:-}" extra="${NEW_EXTRA:-}" start_jwtgate new 18782 18792 18780
 start_haproxy 18783 18780
 port_of() { case $1 in haproxy) echo 18783;; base) echo 18781;; new) echo 18782;; esac; }
 pid_of() { case $1 in haproxy) echo "$haproxy_pid";; base) echo "$jwtgate_pid_base";; new) echo "$jwtgate_pid_new";; esac; }

@@ -54,6 +54,11 @@ enum Command {
         /// thread (tokio current_thread): the cheapest per request for a one-core sidecar.
         #[arg(long, env = "JWTGATE_THREADS")]
         threads: Option<usize>,
+        /// The tokio runtime: `auto` is current-thread when the process may use one CPU
+        /// (affinity or cgroup quota, as `--threads 1`), else multi-thread; `multi-thread`
+        /// with `--threads 1` is one worker thread (for comparisons).
+        #[arg(long, env = "JWTGATE_RUNTIME", value_enum, default_value = "auto")]
+        runtime: RuntimeKind,
         /// Also reload when the config file's content changes (checked every 2 s; a
         /// ConfigMap's symlink swap is seen). SIGHUP always reloads.
         #[arg(long, env = "JWTGATE_WATCH")]
@@ -114,11 +119,12 @@ fn main() -> ExitCode {
             admin_listen,
             upstream,
             threads,
+            runtime,
             watch,
         } => serve(
             &config,
             overrides(listen, admin_listen, upstream),
-            threads,
+            (threads, runtime),
             watch,
         ),
         Command::Inject {
@@ -166,7 +172,7 @@ fn check(config: &std::path::Path) -> ExitCode {
 fn serve(
     path: &std::path::Path,
     overrides: Vec<(&'static str, &'static str, String)>,
-    threads: Option<usize>,
+    (threads, runtime): (Option<usize>, RuntimeKind),
     watch: bool,
 ) -> ExitCode {
     let config = match load_config(path, &overrides) {
@@ -185,7 +191,7 @@ fn serve(
         tracing::warn!("{w}");
     }
     let path = path.to_owned();
-    run_with(threads, async move {
+    run_with(threads, runtime, async move {
         let app = App::build(config)?.bind().await?;
         let reloader = app.reloader();
         let loader: Arc<jwtgate::reload::Loader> = {
@@ -359,28 +365,52 @@ fn load_config(
 }
 
 fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    run_with(None, fut)
+    run_with(None, RuntimeKind::Auto, fut)
+}
+
+/// `--runtime`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeKind {
+    Auto,
+    CurrentThread,
+    MultiThread,
+}
+
+/// The CPUs this process may use: affinity mask and cgroup CPU quota (what
+/// `available_parallelism` reads on Linux).
+fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn run_with(
     threads: Option<usize>,
+    kind: RuntimeKind,
     fut: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
-    let runtime = match threads {
-        Some(0) => {
-            eprintln!("config error: --threads: must be at least 1");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-        Some(1) => tokio::runtime::Builder::new_current_thread()
+    if threads == Some(0) {
+        eprintln!("config error: --threads: must be at least 1");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let current = match kind {
+        RuntimeKind::CurrentThread => true,
+        RuntimeKind::MultiThread => false,
+        // One CPU (by flag, affinity or quota): one thread does everything, no handoffs
+        // between workers (measured: BENCHMARKS.md, "Runtime").
+        RuntimeKind::Auto => threads.unwrap_or_else(usable_cpus) == 1,
+    };
+    if current && threads.is_some_and(|n| n > 1) {
+        eprintln!("config error: --threads: the current-thread runtime has one thread");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = if current {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.unwrap_or_else(usable_cpus))
             .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+            .build()
     };
     let runtime = match runtime {
         Ok(r) => r,
