@@ -205,6 +205,31 @@ fn serve_rejects_bad_config_before_binding_any_port() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
 }
 
+#[test]
+fn runtime_flags_that_contradict_each_other_are_config_errors() {
+    let cfg = write_config(
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[[issuers]]\nissuer = \"https://km.example.com/t\"\n\
+         jwks_uri = \"https://km.example.com/jwks\"\naudiences = [\"a\"]\n",
+    );
+    for args in [
+        vec!["--runtime", "current-thread", "--threads", "2"],
+        vec!["--threads", "0"],
+    ] {
+        let out = bin()
+            .args(["serve", "--config"])
+            .arg(&cfg.0)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--threads"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 fn free_port() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
