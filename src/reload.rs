@@ -229,10 +229,14 @@ impl Reloader {
                 .map(|e| e.keys.clone())
                 .collect(),
         ));
-        // Issuers no longer configured stop refreshing.
+        // Issuers no longer configured stop refreshing; their series go unless a new
+        // entry (same name, other key source) reports under the name again.
         for old in std::mem::replace(&mut state.keys, entries) {
             if let Some(task) = old.task {
                 task.abort();
+            }
+            if !state.keys.iter().any(|e| e.cfg.name == old.cfg.name) {
+                self.jwks_metrics.forget(&old.cfg.name);
             }
         }
         state.config = Arc::new(next);

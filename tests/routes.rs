@@ -724,3 +724,45 @@ async fn claim_headers_render_by_the_rules_and_replace_client_copies() {
         );
     }
 }
+
+/// A reload that removes a route and an issuer removes their series: the label sets stay
+/// bounded by what is configured now.
+#[tokio::test]
+async fn a_reload_drops_the_series_of_removed_routes_and_issuers() {
+    let key = DevKey::rsa("k1");
+    let keys = std::sync::Arc::new(KeyServer::start(jwks_of(&[(&key, None)])).await);
+    let extra = format!(
+        "[[issuers]]\nname = \"partner\"\nissuer = \"http://{}/partner\"\njwks_uri = \"{}\"\naudiences = [\"{AUD}\"]\n\
+         [[routes]]\nname = \"gone\"\npath_prefix = \"/gone\"\nscopes_all = [\"x\"]\n",
+        keys.addr,
+        keys.jwks_uri()
+    );
+    let h = Harness::start_with(
+        Value::Null,
+        Options {
+            extra: extra.clone(),
+            key_server: Some(keys),
+            ..Options::default()
+        },
+    )
+    .await;
+    let bearer = format!("Bearer {}", key.token(&h.claims()));
+    expect(
+        &h,
+        ("GET", "/gone"),
+        &[("Authorization", &bearer)],
+        403,
+        None,
+    )
+    .await;
+    let before = h.metrics().await;
+    assert!(before.contains("route=\"gone\""), "{before}");
+    assert!(before.contains("issuer=\"partner\""), "{before}");
+    let next = h.config_text.replace(&extra, "");
+    let next = jwtgate::config::Config::from_toml_str(&next, &|_| None).unwrap();
+    h.reloader.reload(next).unwrap();
+    let after = h.metrics().await;
+    assert!(!after.contains("route=\"gone\""), "{after}");
+    assert!(!after.contains("issuer=\"partner\""), "{after}");
+    assert!(after.contains("issuer=\"test-km\""), "{after}");
+}

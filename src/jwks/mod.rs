@@ -84,6 +84,20 @@ impl JwksMetrics {
             last_success: self.last_success.with_label_values(&[name]),
         }
     }
+
+    /// Drops the series of an issuer a reload removed (a frozen `last_success` would keep
+    /// alerting about an issuer that is no longer configured).
+    pub fn forget(&self, name: &str) {
+        for r in [
+            FetchResult::Ok,
+            FetchResult::NotModified,
+            FetchResult::Error,
+        ] {
+            let _ = self.fetches.remove_label_values(&[name, r.label()]);
+        }
+        let _ = self.keys.remove_label_values(&[name]);
+        let _ = self.last_success.remove_label_values(&[name]);
+    }
 }
 
 /// One issuer's metric children, resolved at start.

@@ -179,6 +179,9 @@ pub struct ByRoute<K> {
     label_of: fn(K) -> &'static str,
     routes: Vec<String>,
     cells: Box<[OnceLock<IntCounter>]>,
+    /// Set when a reload replaced the generation: no new series is created from here on
+    /// (a removed route's series must not come back after `forget_routes`).
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl<K: Copy + PartialEq> ByRoute<K> {
@@ -198,6 +201,7 @@ impl<K: Copy + PartialEq> ByRoute<K> {
             label_of,
             routes,
             cells,
+            retired: std::sync::atomic::AtomicBool::new(false),
         };
         for k in 0..by.keys.len() {
             for r in 0..by.routes.len() {
@@ -214,6 +218,9 @@ impl<K: Copy + PartialEq> ByRoute<K> {
 
     fn cell(&self, k: usize, route: usize) -> Option<&IntCounter> {
         let cell = self.cells.get(k * self.routes.len() + route)?;
+        if cell.get().is_none() && self.retired.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         Some(cell.get_or_init(|| {
             self.family
                 .with_label_values(&[(self.label_of)(self.keys[k]), &self.routes[route]])
@@ -227,6 +234,12 @@ impl<K: Copy + PartialEq> ByRoute<K> {
         {
             c.inc();
         }
+    }
+
+    /// Stops creating series (the generation was replaced).
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The count for `k` over every route.

@@ -215,6 +215,8 @@ impl Proxy {
     pub fn install(&self, next: Generation) {
         let new_labels = next.policy.labels();
         let old = self.current.swap(Arc::new(next));
+        old.metrics.requests.retire();
+        old.metrics.rejections.retire();
         let gone: Vec<String> = old
             .policy
             .labels()
