@@ -192,6 +192,8 @@ pub struct H2Upstream {
     /// One connect at a time: requests arriving meanwhile wait for it instead of opening
     /// connections of their own (the only lock held across an await, and it guards no data).
     connecting: tokio::sync::Mutex<()>,
+    /// When and why the last connect failed.
+    last_failure: arc_swap::ArcSwapOption<(Instant, String)>,
 }
 
 impl H2Upstream {
@@ -211,6 +213,7 @@ impl H2Upstream {
             connect_timeout,
             current: arc_swap::ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
+            last_failure: arc_swap::ArcSwapOption::empty(),
         })
     }
 
@@ -284,10 +287,27 @@ impl H2Upstream {
         if let Some(s) = usable(&self.current.load_full()) {
             return Ok(s);
         }
+        let waited_from = Instant::now();
         let _gate = self.connecting.lock().await;
         if let Some(s) = usable(&self.current.load_full()) {
             return Ok(s);
         }
+        // A connect that failed while this request waited for the gate answers it too:
+        // with the upstream unreachable, waiters fail fast instead of dialling in turn.
+        if let Some(failed) = self.last_failure.load_full()
+            && failed.0 >= waited_from
+        {
+            return Err(UpstreamError::Connect(failed.1.clone()));
+        }
+        let connected = self.connect().await;
+        if let Err(UpstreamError::Connect(why)) = &connected {
+            self.last_failure
+                .store(Some(Arc::new((Instant::now(), why.clone()))));
+        }
+        connected
+    }
+
+    async fn connect(&self) -> Result<(H2Sender, Arc<H2Sender>), UpstreamError> {
         let tcp = dial(&self.host, self.port, self.connect_timeout).await?;
         // Flow control: a stream may buffer 256 KiB, the connection 16 MiB, so a few
         // clients that stop reading their streams cannot stall every other call.
