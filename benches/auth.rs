@@ -158,9 +158,13 @@ fn hygiene(c: &mut Criterion) {
             "authorization",
             HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
         );
+        // The extraction the proxy runs: the configured sources (here the default one).
+        let sources = [jwtgate::config::TokenSource::bearer()];
         b.iter(|| {
-            let t = jwtgate::proxy::bearer(black_box(&h)).unwrap();
-            black_box(TokenHash::of(t))
+            let found = jwtgate::policy::sources::extract(&sources, black_box(&h), None)
+                .unwrap()
+                .unwrap();
+            black_box(TokenHash::of(&found.token))
         })
     });
 }

@@ -29,7 +29,7 @@ use validate::*;
 
 pub use policy::{
     AuthMode, ClaimHeader, ClaimPath, ClaimRule, CorsPreflight, PathMatch, PolicyConfig,
-    RouteConfig, TokenConfig, TokenSource,
+    RouteConfig, TokenConfig, TokenSource, methods_take,
 };
 
 /// One problem in the config, named by the key it concerns.

@@ -165,11 +165,17 @@ impl RouteConfig {
 
     /// The route takes requests of `method` (`GET` also takes `HEAD`).
     pub fn takes_method(&self, method: &str) -> bool {
-        self.methods.as_ref().is_none_or(|ms| {
-            ms.iter()
-                .any(|m| m == method || (m == "GET" && method == "HEAD"))
-        })
+        methods_take(self.methods.as_deref(), method)
     }
+}
+
+/// A `methods` list takes `method` (`None`: every method; `GET` also takes `HEAD`): the one
+/// rule for matching requests and for `jwtgate check`'s shadowing warning.
+pub fn methods_take(methods: Option<&[String]>, method: &str) -> bool {
+    methods.is_none_or(|ms| {
+        ms.iter()
+            .any(|m| m == method || (m == "GET" && method == "HEAD"))
+    })
 }
 
 fn ser_claim_rules<S: serde::Serializer>(rules: &[ClaimRule], s: S) -> Result<S::Ok, S::Error> {

@@ -168,11 +168,7 @@ impl Policy {
         let mut regex_hits: Option<regex::SetMatches> = None;
         for (i, r) in self.routes.iter().enumerate() {
             // The method first: a string compare or two, before any path work.
-            let method_ok = r.methods.as_ref().is_none_or(|ms| {
-                ms.iter()
-                    .any(|m| m == method || (m == "GET" && method == "HEAD"))
-            });
-            if !method_ok {
+            if !crate::config::methods_take(r.methods.as_deref(), method) {
                 continue;
             }
             let path_ok = match &r.matcher {

@@ -1,8 +1,9 @@
 //! The proxy listener and the request pipeline.
 //!
 //! Per request, top to bottom, one function per phase (the list is in `lib.rs`):
-//! [`Proxy::prepare`] runs shape → extract → verify → revocation → identity → rewrite,
-//! then [`Proxy::handle`] forwards with the body streamed and cleans the response. A
+//! [`Proxy::prepare`] runs shape → path → route → extract → verify → revocation →
+//! requirements → identity → rewrite under the request's [`Generation`], then
+//! [`Proxy::handle`] forwards with the body streamed and cleans the response. A
 //! rejection is answered before any upstream I/O and before the request body is read.
 
 pub mod headers;
@@ -1183,47 +1184,9 @@ fn json_response(status: StatusCode, error: &str, description: &str) -> Response
     resp
 }
 
-/// The bearer token of a request (RFC 6750 §2.1): exactly one `Authorization` header,
-/// scheme `Bearer` in any case, then the token.
-pub fn bearer(headers: &http::HeaderMap) -> Result<&str, Reject> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values
-        .next()
-        .ok_or(Reject::new(Reason::Missing, "no bearer token"))?;
-    if values.next().is_some() {
-        return Err(Reject::new(
-            Reason::DuplicateCredentials,
-            "more than one Authorization header",
-        ));
-    }
-    let value = value.to_str().map_err(|_| {
-        Reject::new(
-            Reason::Malformed,
-            "Authorization header is not visible ASCII",
-        )
-    })?;
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Reject::new(Reason::Missing, "no bearer token"));
-    }
-    let token = rest.trim_matches(' ');
-    if token.is_empty() {
-        return Err(Reject::new(Reason::Malformed, "empty bearer token"));
-    }
-    Ok(token)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn auth(values: &[&str]) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        for v in values {
-            h.append(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
 
     #[test]
     fn grpc_detection_and_message_encoding() {
@@ -1245,26 +1208,5 @@ mod tests {
         assert_eq!(grpc_status(StatusCode::UNAUTHORIZED), 16);
         assert_eq!(grpc_status(StatusCode::FORBIDDEN), 7);
         assert_eq!(grpc_status(StatusCode::GATEWAY_TIMEOUT), 4);
-    }
-
-    #[test]
-    fn bearer_extraction() {
-        assert_eq!(bearer(&auth(&["Bearer a.b.c"])).unwrap(), "a.b.c");
-        assert_eq!(bearer(&auth(&["bEaReR   a.b.c"])).unwrap(), "a.b.c");
-        assert_eq!(bearer(&auth(&[])).unwrap_err().reason, Reason::Missing);
-        assert_eq!(
-            bearer(&auth(&["Basic xyz"])).unwrap_err().reason,
-            Reason::Missing
-        );
-        assert_eq!(
-            bearer(&auth(&["Bearer"])).unwrap_err().reason,
-            Reason::Malformed
-        );
-        assert_eq!(
-            bearer(&auth(&["Bearer a.b.c", "Bearer d.e.f"]))
-                .unwrap_err()
-                .reason,
-            Reason::DuplicateCredentials
-        );
     }
 }
