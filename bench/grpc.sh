@@ -15,11 +15,11 @@ bin="${1:-$root/target/release/jwtgate}"
 state="${2:-/tmp/jwtgate-bench/peers/state}"
 rounds="${ROUNDS:-7}"; duration="${DURATION:-8}"
 work="$(mktemp -d)"; pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+jwtgate_bin="$bin"
+. "$root/bench/common.sh"     # cleanup on exit, cpu_ticks
+bin="$jwtgate_bin"
 command -v h2load >/dev/null || { echo "h2load missing: apt-get install nghttp2-client"; exit 1; }
 token="$(cat "$state/tokens/valid-rs256.jwt")"
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # nginx on CPU 0: the JWKS over HTTP/1.1 on 18880, the h2c "gRPC service" on 18881.
 cat > "$work/nginx.conf" <<NGINX

@@ -55,14 +55,10 @@ impl UpstreamPool {
         idle_timeout: Duration,
         max_idle: usize,
     ) -> Arc<UpstreamPool> {
+        let (host, port) = host_port(uri);
         Arc::new(UpstreamPool {
-            host: uri
-                .host()
-                .unwrap_or("127.0.0.1")
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port: uri.port_u16().unwrap_or(80),
+            host,
+            port,
             connect_timeout,
             idle_timeout,
             max_idle,
@@ -147,6 +143,16 @@ impl UpstreamPool {
     }
 }
 
+/// The host (without IPv6 brackets) and port to dial for `upstream.url`.
+fn host_port(uri: &http::Uri) -> (String, u16) {
+    let host = uri
+        .host()
+        .unwrap_or("127.0.0.1")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    (host.to_owned(), uri.port_u16().unwrap_or(80))
+}
+
 /// A TCP connection to the upstream within `timeout` (every resolved address tried).
 async fn dial(
     host: &str,
@@ -198,14 +204,10 @@ pub struct H2Upstream {
 
 impl H2Upstream {
     pub fn new(uri: &http::Uri, connect_timeout: Duration) -> Arc<H2Upstream> {
+        let (host, port) = host_port(uri);
         Arc::new(H2Upstream {
-            host: uri
-                .host()
-                .unwrap_or("127.0.0.1")
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port: uri.port_u16().unwrap_or(80),
+            host,
+            port,
             authority: uri
                 .authority()
                 .cloned()
