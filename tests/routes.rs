@@ -766,3 +766,35 @@ async fn a_reload_drops_the_series_of_removed_routes_and_issuers() {
     assert!(!after.contains("issuer=\"partner\""), "{after}");
     assert!(after.contains("issuer=\"test-km\""), "{after}");
 }
+
+/// The same bypasses over HTTP/2: `:path` is normalized before matching exactly like an
+/// HTTP/1.1 target, and the upstream receives the normalized path.
+#[tokio::test]
+async fn bypasses_over_http2_are_decided_on_the_normalized_path() {
+    let (h, key) = harness(ROUTES).await;
+    let (mut send, _conn) = h2_client(h.proxy).await;
+    let mut go = async |path: &str, token: Option<&str>| {
+        let mut req = http::Request::get(format!("http://api.example.com{path}"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        send.send_request(req).await.unwrap().status().as_u16()
+    };
+    let before = h.upstream.count();
+    assert_eq!(go("/public/../admin/x", None).await, 401);
+    assert_eq!(go("/public/%2e%2e/admin/x", None).await, 401);
+    assert_eq!(go("/public/..;/admin/x", None).await, 400);
+    assert_eq!(go("/public/%252e%252e/admin", None).await, 400);
+    let user = key.token(&h.claims());
+    assert_eq!(go("//admin//x", Some(&user)).await, 403);
+    assert_eq!(
+        h.upstream.count(),
+        before,
+        "a refused HTTP/2 request reached the upstream"
+    );
+    assert_eq!(go("/%70ublic/./x", None).await, 200);
+    assert_eq!(h.upstream.last().uri, "/public/x");
+}

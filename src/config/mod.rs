@@ -870,6 +870,7 @@ algorithms = ["HS256", "none"]
 "x-forwarded-user" = "sub"
 "authorization" = "sub"
 "x-bad" = "a..b"
+"x_user" = "sub"
 
 [[token.sources]]
 header = "authorization"
@@ -912,6 +913,7 @@ methods = ["get"]
             "forward.claim_headers.x-forwarded-user",
             "forward.claim_headers.authorization",
             "forward.claim_headers.x-bad",
+            "forward.claim_headers.x_user",
             "token.sources[2].cookie",
             "token.sources[3].header",
             "routes[0].path_exact",

@@ -387,6 +387,25 @@ mod tests {
         }
     }
 
+    /// A Cookie header with a byte outside ASCII is still read: skipping it would hide a
+    /// second token (the request must be a 400, not verified on the other one).
+    #[test]
+    fn a_non_ascii_cookie_header_cannot_hide_a_token() {
+        let mut m = HeaderMap::new();
+        m.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"at=forged; z=\x80").unwrap(),
+        );
+        m.append(header::COOKIE, HeaderValue::from_static("at=a.b.c"));
+        assert_eq!(token(&m, None), Err(Reason::DuplicateCredentials));
+        let mut alone = HeaderMap::new();
+        alone.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"z=\x80; at=a.b.c").unwrap(),
+        );
+        assert_eq!(token(&alone, None), Ok(Some(("a.b.c".into(), 1))));
+    }
+
     #[test]
     fn stripping_keeps_everything_else() {
         let s = sources();
