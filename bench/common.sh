@@ -72,7 +72,9 @@ peak_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 # cpu_ticks PID: user + system CPU time of a process so far, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# start_haproxy PORT UPSTREAM_PORT: HAProxy pass-through (nbthread 1) on CPU 1; sets haproxy_pid.
+# start_haproxy PORT UPSTREAM_PORT [JWT_PORT]: HAProxy pass-through (nbthread 1) on CPU 1;
+# sets haproxy_pid. With JWT_PORT, the same process also serves the peer harness's `jwt`
+# frontend there: native jwt_verify (alg pinned per key) plus exp, iss and aud checks.
 start_haproxy() {
   cat > "$work/haproxy-$1.cfg" <<CFG
 global
@@ -91,6 +93,26 @@ frontend pass
     default_backend upstream
 backend upstream
     server up1 127.0.0.1:$2
+CFG
+  [ -z "${3:-}" ] || cat >> "$work/haproxy-$1.cfg" <<CFG
+frontend jwt
+    bind 127.0.0.1:$3
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request set-var(txn.now) date
+    acl has_bearer var(txn.bearer) -m found
+    acl alg_rs256  var(txn.alg) -m str RS256
+    acl alg_es256  var(txn.alg) -m str ES256
+    acl sig_rs256  var(txn.bearer),jwt_verify("RS256","$state/keys/rs256.pub.pem") -m int 1
+    acl sig_es256  var(txn.bearer),jwt_verify("ES256","$state/keys/es256.pub.pem") -m int 1
+    acl exp_ok     var(txn.bearer),jwt_payload_query('\$.exp','int'),sub(txn.now) -m int gt 0
+    acl iss_ok     var(txn.bearer),jwt_payload_query('\$.iss') -m str https://issuer.bench.local
+    acl aud_ok     var(txn.bearer),jwt_payload_query('\$.aud') -m str bench-api
+    http-request deny deny_status 401 unless has_bearer
+    http-request deny deny_status 401 unless alg_rs256 sig_rs256 or alg_es256 sig_es256
+    http-request deny deny_status 401 unless exp_ok
+    http-request deny deny_status 401 unless iss_ok aud_ok
+    default_backend upstream
 CFG
   taskset -c 1 haproxy -db -f "$work/haproxy-$1.cfg" & pids+=($!)
   haproxy_pid=$!

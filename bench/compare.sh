@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Every headline ratio of BENCHMARKS.md in one run: jwtgate against HAProxy 2.6 on the same
+# upstream, one core each, ROUNDS interleaved rounds of every target (A B C … A B C …).
+#
+#   bench/compare.sh [BIN] [PEERS_STATE_DIR]        # ROUNDS=5 DURATION=8s, ~11 min
+#   TARGETS="pass-rs256 cached-rs256" ROUNDS=7 bench/compare.sh
+#
+# Targets (each measured with wrk -t1 -c32 on CPU 0; the proxy alone on CPU 1; nginx
+# upstream on CPU 0; CPU µs per request = the proxy's utime + stime over the round / requests):
+#   pass-ALG         HAProxy pass-through (nbthread 1), the token in the header but unchecked
+#   jwt-ALG          HAProxy jwt_verify + exp/iss/aud (the peer harness's `jwt` frontend)
+#   cached-ALG       jwtgate, default runtime (no flags), verified-token cache on
+#   cached-t1-ALG    jwtgate --threads 1
+#   first-ALG        jwtgate, default runtime, cache off: every request verified in full
+#   first-t1-ALG     the same with --threads 1
+# and, on CPU 1 each round, `openssl speed` verify/s for RSA-2048 and P-256: the physical
+# limit of a first-seen token is pass-ALG + one raw verify.
+#
+# Noise guard: a ratio is printed only when its baseline's spread across rounds
+# ((max - min) / median) is at most NOISE (0.15); otherwise "too noisy, rerun" and exit 3.
+# HAProxy's pass-through is ~14-16 µs per request on an idle machine of this kind; far more
+# means the machine is loaded and every ratio shrinks toward 1.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="${1:-$root/target/release/jwtgate}"
+state="${2:-/tmp/jwtgate-bench/peers/state}"
+rounds="${ROUNDS:-5}"; duration="${DURATION:-8s}"; noise="${NOISE:-0.15}"
+targets="${TARGETS:-pass-rs256 pass-es256 jwt-rs256 jwt-es256 cached-rs256 cached-es256
+  cached-t1-rs256 cached-t1-es256 first-rs256 first-es256 first-t1-rs256 first-t1-es256}"
+work="$(mktemp -d)"; pids=()
+. "$root/bench/common.sh"
+
+start_upstream 18980
+start_haproxy 18981 18980 18982
+args="--runtime auto" start_jwtgate cached 18983 18993 18980
+args="--threads 1" start_jwtgate cached_t1 18984 18994 18980
+CACHE_ENTRIES=0 args="--runtime auto" start_jwtgate first 18985 18995 18980
+CACHE_ENTRIES=0 args="--threads 1" start_jwtgate first_t1 18986 18996 18980
+
+# target → "port pid"
+where() {
+  case ${1%-*256} in
+    pass) echo "18981 $haproxy_pid" ;;
+    jwt) echo "18982 $haproxy_pid" ;;
+    cached) echo "18983 $jwtgate_pid_cached" ;;
+    cached-t1) echo "18984 $jwtgate_pid_cached_t1" ;;
+    first) echo "18985 $jwtgate_pid_first" ;;
+    first-t1) echo "18986 $jwtgate_pid_first_t1" ;;
+    *) echo "unknown target $1" >&2; exit 2 ;;
+  esac
+}
+
+# openssl speed ALG → verify/s on CPU 1 (the last column of its result line)
+verify_per_s() {
+  taskset -c 1 openssl speed -seconds 2 "$1" 2>/dev/null | awk -v p="$2" '$0 ~ p {v=$NF} END {print v}'
+}
+
+echo "== $(date -u +%FT%TZ) $(git -C "$root" rev-parse --short HEAD), $rounds rounds × $duration," \
+  "wrk -t1 -c32; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+: > "$work/compare.tsv"
+for r in $(seq "$rounds"); do
+  for t in $targets; do
+    read -r port pid <<< "$(where "$t")"
+    token="$(cat "$state/tokens/valid-${t##*-}.jwt")"
+    taskset -c 0 wrk -t1 -c32 -d1s -H "Authorization: Bearer $token" "http://127.0.0.1:$port/" >/dev/null
+    before=$(cpu_ticks "$pid")
+    out=$(taskset -c 0 wrk -t1 -c32 -d"$duration" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/")
+    after=$(cpu_ticks "$pid")
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+    [ -z "$non2xx" ] || { echo "$t answered $non2xx non-2xx responses"; exit 1; }
+    printf '%s\t%s\t%s\t%s\n' "$r" "$t" "$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
+      "$(python3 -c "print(f'{($after-$before)*10000/$n:.2f}')")" | tee -a "$work/compare.tsv"
+  done
+  # Raw verifies per second → µs per verify, on the proxy's core, once per round.
+  printf '%s\tverify-rs256\t-\t%s\n' "$r" "$(verify_per_s rsa2048 '^rsa 2048' | awk '{printf "%.2f", 1e6 / $1}')" \
+    | tee -a "$work/compare.tsv"
+  printf '%s\tverify-es256\t-\t%s\n' "$r" "$(verify_per_s ecdsap256 'nistp256' | awk '{printf "%.2f", 1e6 / $1}')" \
+    | tee -a "$work/compare.tsv"
+done
+cp "$work/compare.tsv" "${OUT:-/tmp/jwtgate-compare.tsv}"
+python3 "$root/bench/compare_report.py" "$work/compare.tsv" "$noise"
