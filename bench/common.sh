@@ -1,6 +1,6 @@
 # Shared pieces of the bench scripts (sourced). Each script sets: root, state, work, pids.
 
-bin="$root/target/release/jwtgate"
+bin="${bin:-$root/target/release/jwtgate}"
 [ -x "$bin" ] || (cd "$root" && cargo build --release --locked)
 
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }

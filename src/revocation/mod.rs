@@ -243,7 +243,8 @@ pub struct Settings {
 }
 
 pub struct Revocation {
-    list: RevocationList,
+    /// Shared with the snapshot writer, which streams it shard by shard.
+    list: Arc<RevocationList>,
     settings: arc_swap::ArcSwap<Settings>,
     /// The feed poll task, replaced when a reload changes the feed.
     poll_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -342,7 +343,7 @@ impl Revocation {
         }
         let bound_changed = stored_bound != Some(bound);
         let r = Revocation {
-            list,
+            list: Arc::new(list),
             settings: arc_swap::ArcSwap::from_pointee(Settings { cfg, bound }),
             poll_task: Mutex::new(None),
             stop: Mutex::new(None),
@@ -571,8 +572,12 @@ impl Revocation {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return;
         }
-        let bytes = snapshot::encode(&self.list, self.cursor().as_deref(), &settings.bound);
-        let written = tokio::task::spawn_blocking(move || snapshot::write(&path, &bytes)).await;
+        // Encoded straight into the file off the runtime, one shard at a time.
+        let (list, cursor) = (self.list.clone(), self.cursor());
+        let written = tokio::task::spawn_blocking(move || {
+            snapshot::save(&path, &list, cursor.as_deref(), &settings.bound)
+        })
+        .await;
         match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

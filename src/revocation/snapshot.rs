@@ -3,22 +3,30 @@
 //! SHA-256 trailer on restore.
 //!
 //! Layout (little endian):
-//! `"JWTGREV2"` · key0 u64 · key1 u64 · max_lifetime i64 · since i64 · earlier_max i64 ·
+//! `"JWTGREV3"` · key0 u64 · key1 u64 · max_lifetime i64 · since i64 · earlier_max i64 ·
 //! raised_at i64 (both 0: no earlier bound) · cursor_len u32 · cursor bytes ·
-//! n_ids u64 · n_ids × (fp u64, exp u32) · n_rules u64 · n_rules × (fp u64, revoked_at i64,
-//! kind u8) · SHA-256 of everything before.
+//! 64 id blocks, each n u32 · n × (fp u64, exp u32) · 64 rule blocks, each n u32 ·
+//! n × (fp u64, revoked_at i64, kind u8) · SHA-256 of everything before.
 //!
-//! `"JWTGREV1"` files (no lifetime fields) are still read; their bound counts as unknown,
-//! so the configured one is taken as it is.
+//! One block per shard, written as that shard stands when its turn comes: the writer holds
+//! one shard at a time, never a second copy of the list, and pushes go on meanwhile. The
+//! mix of moments is still a state the list passed through record by record (records are
+//! only added, or pruned once expired), and the cursor is read before the first block, so
+//! everything it covers is in the file.
+//!
+//! Older files are still read: `"JWTGREV2"` (one block per section, its count a u64) and
+//! `"JWTGREV1"` (v2 without the lifetime fields; its bound counts as unknown, so the
+//! configured one is taken as it is).
 
-use std::io::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::LifetimeBound;
-use super::list::{RevocationList, RuleValue};
+use super::list::{Builder, RevocationList, RuleValue, SHARDS};
 use super::record::Kind;
 
-const MAGIC: &[u8; 8] = b"JWTGREV2";
+const MAGIC: &[u8; 8] = b"JWTGREV3";
+const MAGIC_V2: &[u8; 8] = b"JWTGREV2";
 const MAGIC_V1: &[u8; 8] = b"JWTGREV1";
 const MAX_CURSOR: usize = 4096;
 
@@ -46,39 +54,79 @@ pub struct Restored {
     pub bound: Option<LifetimeBound>,
 }
 
+/// The whole list as snapshot bytes (tests, benches, fuzzing; the service streams the same
+/// bytes to the file with [`save`]).
 pub fn encode(list: &RevocationList, cursor: Option<&str>, bound: &LifetimeBound) -> Vec<u8> {
-    let (ids, rules) = list.entries();
+    let mut out = Vec::new();
+    encode_to(&mut out, list, cursor, bound).expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Feeds everything written through it to a SHA-256 as well.
+struct Digesting<W> {
+    inner: W,
+    digest: aws_lc_rs::digest::Context,
+}
+
+impl<W: Write> Write for Digesting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.digest.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the snapshot of `list` to `w`, shard by shard: no copy of the list is made, so
+/// writing a snapshot of a million records costs a buffer and one shard, not another 12 MB.
+pub(crate) fn encode_to<W: Write>(
+    w: W,
+    list: &RevocationList,
+    cursor: Option<&str>,
+    bound: &LifetimeBound,
+) -> std::io::Result<()> {
     let cursor = cursor.unwrap_or("");
     let cursor = if cursor.len() > MAX_CURSOR {
         ""
     } else {
         cursor
     };
-    let mut out = Vec::with_capacity(64 + ids.len() * 12 + rules.len() * 17 + cursor.len());
-    out.extend_from_slice(MAGIC);
-    let (k0, k1) = list.key();
-    out.extend_from_slice(&k0.to_le_bytes());
-    out.extend_from_slice(&k1.to_le_bytes());
+    let mut out = Digesting {
+        inner: w,
+        digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+    };
+    out.write_all(MAGIC)?;
+    let key = list.key();
+    out.write_all(&key.0.to_le_bytes())?;
+    out.write_all(&key.1.to_le_bytes())?;
     let (earlier_max, raised_at) = bound.earlier.unwrap_or((0, 0));
     for v in [bound.max, bound.since, earlier_max, raised_at] {
-        out.extend_from_slice(&v.to_le_bytes());
+        out.write_all(&v.to_le_bytes())?;
     }
-    out.extend_from_slice(&(cursor.len() as u32).to_le_bytes());
-    out.extend_from_slice(cursor.as_bytes());
-    out.extend_from_slice(&(ids.len() as u64).to_le_bytes());
-    for (fp, exp) in ids {
-        out.extend_from_slice(&fp.to_le_bytes());
-        out.extend_from_slice(&exp.to_le_bytes());
+    out.write_all(&(cursor.len() as u32).to_le_bytes())?;
+    out.write_all(cursor.as_bytes())?;
+    for i in 0..SHARDS {
+        let shard = list.id_shard(i);
+        out.write_all(&(shard.len() as u32).to_le_bytes())?;
+        for (fp, exp) in shard.iter() {
+            out.write_all(&fp.to_le_bytes())?;
+            out.write_all(&exp.to_le_bytes())?;
+        }
     }
-    out.extend_from_slice(&(rules.len() as u64).to_le_bytes());
-    for (fp, r) in rules {
-        out.extend_from_slice(&fp.to_le_bytes());
-        out.extend_from_slice(&r.revoked_at.to_le_bytes());
-        out.push(r.kind as u8);
+    for i in 0..SHARDS {
+        let shard = list.rule_shard(i);
+        out.write_all(&(shard.len() as u32).to_le_bytes())?;
+        for (fp, r) in shard.iter() {
+            out.write_all(&fp.to_le_bytes())?;
+            out.write_all(&r.revoked_at.to_le_bytes())?;
+            out.write_all(&[r.kind as u8])?;
+        }
     }
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &out);
-    out.extend_from_slice(digest.as_ref());
-    out
+    let Digesting { mut inner, digest } = out;
+    inner.write_all(digest.finish().as_ref())?;
+    inner.flush()
 }
 
 struct Reader<'a> {
@@ -107,31 +155,23 @@ impl<'a> Reader<'a> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Restored, &'static str> {
-    if bytes.len() < MAGIC.len() + 32 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
+    if bytes.len() < MAGIC.len() + 32 {
         return Err("bad header");
     }
-    let v2 = &bytes[..8] == MAGIC;
+    let version = match &bytes[..8] {
+        m if m == MAGIC => 3,
+        m if m == MAGIC_V2 => 2,
+        m if m == MAGIC_V1 => 1,
+        _ => return Err("bad header"),
+    };
     let (body, digest) = bytes.split_at(bytes.len() - 32);
     if aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body).as_ref() != digest {
         return Err("checksum mismatch");
     }
     let mut r = Reader { buf: &body[8..] };
     let key = (r.u64()?, r.u64()?);
-    let bound = if v2 {
-        let (max, since, earlier_max, raised_at) = (
-            r.u64()? as i64,
-            r.u64()? as i64,
-            r.u64()? as i64,
-            r.u64()? as i64,
-        );
-        if max <= 0 || earlier_max < 0 {
-            return Err("lifetime bound out of range");
-        }
-        Some(LifetimeBound {
-            max,
-            since,
-            earlier: (earlier_max > 0).then_some((earlier_max, raised_at)),
-        })
+    let bound = if version >= 2 {
+        Some(read_bound(&mut r)?)
     } else {
         None
     };
@@ -140,35 +180,66 @@ pub fn decode(bytes: &[u8]) -> Result<Restored, &'static str> {
         return Err("cursor too long");
     }
     let cursor = std::str::from_utf8(r.take(cursor_len)?).map_err(|_| "cursor not UTF-8")?;
-    let n_ids = r.u64()? as usize;
-    if n_ids > r.buf.len() / 12 {
-        return Err("id count out of range");
+    // Entries go straight into their shards (no intermediate list of every record). Version 3
+    // has a block per shard (its count a u32), older versions one block (a u64).
+    let blocks = if version == 3 { SHARDS } else { 1 };
+    let shard = |block| (version == 3).then_some(block);
+    let mut list = Builder::new();
+    for block in 0..blocks {
+        let n = block_len(&mut r, version, 12).map_err(|_| "id count out of range")?;
+        list.reserve_ids(shard(block), n);
+        for _ in 0..n {
+            list.id(r.u64()?, r.u32()?);
+        }
     }
-    let mut ids = Vec::with_capacity(n_ids);
-    for _ in 0..n_ids {
-        ids.push((r.u64()?, r.u32()?));
-    }
-    let n_rules = r.u64()? as usize;
-    if n_rules > r.buf.len() / 17 {
-        return Err("rule count out of range");
-    }
-    let mut rules = Vec::with_capacity(n_rules);
-    for _ in 0..n_rules {
-        let fp = r.u64()?;
-        let revoked_at = r.u64()? as i64;
-        let kind = Kind::from_u8(r.take(1)?[0]).ok_or("unknown rule kind")?;
-        rules.push((fp, RuleValue { revoked_at, kind }));
+    for block in 0..blocks {
+        let n = block_len(&mut r, version, 17).map_err(|_| "rule count out of range")?;
+        list.reserve_rules(shard(block), n);
+        for _ in 0..n {
+            let fp = r.u64()?;
+            let revoked_at = r.u64()? as i64;
+            let kind = Kind::from_u8(r.take(1)?[0]).ok_or("unknown rule kind")?;
+            list.rule(fp, RuleValue { revoked_at, kind });
+        }
     }
     if !r.buf.is_empty() {
         return Err("trailing bytes");
     }
-    let list = RevocationList::with_key(key);
-    list.insert_raw(ids, rules);
     Ok(Restored {
-        list,
+        list: list.finish(key),
         cursor: (!cursor.is_empty()).then(|| cursor.to_owned()),
         bound,
     })
+}
+
+fn read_bound(r: &mut Reader<'_>) -> Result<LifetimeBound, &'static str> {
+    let (max, since, earlier_max, raised_at) = (
+        r.u64()? as i64,
+        r.u64()? as i64,
+        r.u64()? as i64,
+        r.u64()? as i64,
+    );
+    if max <= 0 || earlier_max < 0 {
+        return Err("lifetime bound out of range");
+    }
+    Ok(LifetimeBound {
+        max,
+        since,
+        earlier: (earlier_max > 0).then_some((earlier_max, raised_at)),
+    })
+}
+
+/// A block's entry count, refused when more entries of `size` bytes than are left.
+fn block_len(r: &mut Reader<'_>, version: u8, size: usize) -> Result<usize, &'static str> {
+    let n = if version == 3 {
+        r.u32()? as usize
+    } else {
+        r.u64()? as usize
+    };
+    if n > r.buf.len() / size {
+        return Err("count out of range");
+    }
+    Ok(n)
 }
 
 /// Reads a snapshot. `Ok(None)` if there is none yet.
@@ -202,6 +273,30 @@ pub fn move_aside(path: &Path, now: i64) -> Option<PathBuf> {
 
 /// Writes atomically: a reader (or a crash) sees the old file or the new one, never half.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    write_with(path, |f| f.write_all(bytes))
+}
+
+/// Streams the snapshot of `list` to `path`, atomically as [`write`] does.
+pub(crate) fn save(
+    path: &Path,
+    list: &RevocationList,
+    cursor: Option<&str>,
+    bound: &LifetimeBound,
+) -> Result<(), SnapshotError> {
+    write_with(path, |f| {
+        encode_to(
+            std::io::BufWriter::with_capacity(1 << 16, f),
+            list,
+            cursor,
+            bound,
+        )
+    })
+}
+
+fn write_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), SnapshotError> {
     let err = |source| SnapshotError::Write {
         path: path.to_owned(),
         source,
@@ -230,7 +325,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(bytes)?;
+        fill(&mut f)?;
         f.sync_all()
     })();
     if let Err(e) = written {
@@ -301,25 +396,93 @@ mod tests {
         assert_eq!(r.list.count(Kind::Subject), 1);
     }
 
+    /// A file of the older layouts: one block per section, counts as u64.
+    fn legacy(magic: &[u8; 8], bound: Option<[i64; 4]>, ids: &[(u64, u32)]) -> Vec<u8> {
+        let mut f = magic.to_vec();
+        f.extend_from_slice(&7u64.to_le_bytes());
+        f.extend_from_slice(&9u64.to_le_bytes());
+        for v in bound.iter().flatten() {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.push(b'c');
+        f.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+        for (fp, exp) in ids {
+            f.extend_from_slice(&fp.to_le_bytes());
+            f.extend_from_slice(&exp.to_le_bytes());
+        }
+        f.extend_from_slice(&0u64.to_le_bytes());
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &f);
+        f.extend_from_slice(digest.as_ref());
+        f
+    }
+
     #[test]
-    fn version_1_files_are_still_read_with_an_unknown_bound() {
-        let l = RevocationList::new();
-        l.apply(&[Record::Id {
-            target: Target::Jti,
-            id: "j1".into(),
-            exp: 5000,
-        }]);
-        let v2 = encode(&l, Some("c"), &BOUND);
-        // Version 1: the same without the four lifetime fields, under its own magic.
-        let mut v1 = MAGIC_V1.to_vec();
-        v1.extend_from_slice(&v2[8..24]);
-        v1.extend_from_slice(&v2[56..v2.len() - 32]);
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &v1);
-        v1.extend_from_slice(digest.as_ref());
-        let r = decode(&v1).unwrap();
+    fn version_1_and_2_files_are_still_read() {
+        let ids: Vec<(u64, u32)> = (1..=300u64)
+            .map(|k| (k.wrapping_mul(0x9e37_79b9_7f4a_7c15), 5000))
+            .collect();
+        let r = decode(&legacy(MAGIC_V2, Some([7200, 50, 3600, 60]), &ids)).unwrap();
+        assert_eq!(r.list.key(), (7, 9));
+        assert_eq!(
+            r.bound,
+            Some(LifetimeBound {
+                max: 7200,
+                since: 50,
+                earlier: Some((3600, 60))
+            })
+        );
+        assert_eq!((r.cursor.as_deref(), r.list.len()), (Some("c"), 300));
+        // Version 1 has no lifetime fields: its bound is unknown.
+        let r = decode(&legacy(MAGIC_V1, None, &ids)).unwrap();
         assert_eq!(r.bound, None);
-        assert_eq!(r.cursor.as_deref(), Some("c"));
-        assert_eq!(r.list.len(), 1);
+        assert_eq!((r.cursor.as_deref(), r.list.len()), (Some("c"), 300));
+        // Re-encoded, the same records in the current layout.
+        let again = decode(&encode(&r.list, r.cursor.as_deref(), &BOUND)).unwrap();
+        assert_eq!(again.list.len(), 300);
+        assert_eq!(&encode(&again.list, Some("c"), &BOUND)[..8], MAGIC);
+    }
+
+    /// A snapshot taken while pushes go on holds every record applied before it started.
+    #[test]
+    fn a_snapshot_written_during_pushes_holds_everything_applied_before_it() {
+        let l = std::sync::Arc::new(RevocationList::new());
+        let jti = |k: u32| Record::Id {
+            target: Target::Jti,
+            id: format!("j{k}"),
+            exp: 5000,
+        };
+        l.apply(&(0..2000).map(jti).collect::<Vec<_>>());
+        let pusher = {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                for k in 2000..4000 {
+                    l.apply(&[jti(k)]);
+                }
+            })
+        };
+        let mut sizes = Vec::new();
+        while !pusher.is_finished() || sizes.is_empty() {
+            let r = decode(&encode(&l, None, &BOUND)).unwrap();
+            for k in 0..2000 {
+                let f = Facts {
+                    iss: "i",
+                    wso2: false,
+                    jti: Some(&format!("j{k}")),
+                    sub: None,
+                    client: None,
+                    entity_id: None,
+                    signature: "",
+                    signature_twin: None,
+                    iat: Some(1),
+                };
+                assert!(r.list.is_revoked(&f), "j{k} missing");
+            }
+            sizes.push(r.list.len());
+        }
+        pusher.join().unwrap();
+        assert!(sizes.iter().all(|n| (2000..=4000).contains(n)), "{sizes:?}");
+        assert_eq!(decode(&encode(&l, None, &BOUND)).unwrap().list.len(), 4000);
     }
 
     #[test]
