@@ -6,7 +6,9 @@
 #   TARGETS="pass-rs256 cached-rs256" ROUNDS=7 bench/compare.sh
 #
 # Targets (each measured with wrk -t1 -c32 on CPU 0; the proxy alone on CPU 1; nginx
-# upstream on CPU 0; CPU µs per request = the proxy's utime + stime over the round / requests):
+# upstream on CPU 0; CPU µs per request = the proxy's utime + stime over the round / requests,
+# and core-1 µs per request = CPU 1's busy time over the round / requests, the peer harness's
+# measure, which also counts the kernel's interrupt and softirq work on that core):
 #   pass-ALG         HAProxy pass-through (nbthread 1), the token in the header but unchecked
 #   jwt-ALG          HAProxy jwt_verify + exp/iss/aud (the peer harness's `jwt` frontend)
 #   cached-ALG       jwtgate, default runtime (no flags), verified-token cache on
@@ -37,6 +39,9 @@ args="--threads 1" start_jwtgate cached_t1 18984 18994 18980
 CACHE_ENTRIES=0 args="--runtime auto" start_jwtgate first 18985 18995 18980
 CACHE_ENTRIES=0 args="--threads 1" start_jwtgate first_t1 18986 18996 18980
 
+# CPU 1's busy clock ticks so far (every /proc/stat field but idle and iowait).
+core1_busy() { awk '/^cpu1 / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+
 # target → "port pid"
 where() {
   case ${1%-*256} in
@@ -63,20 +68,25 @@ for r in $(seq "$rounds"); do
     read -r port pid <<< "$(where "$t")"
     token="$(cat "$state/tokens/valid-${t##*-}.jwt")"
     taskset -c 0 wrk -t1 -c32 -d1s -H "Authorization: Bearer $token" "http://127.0.0.1:$port/" >/dev/null
-    before=$(cpu_ticks "$pid")
+    before=$(cpu_ticks "$pid"); core_before=$(core1_busy)
     out=$(taskset -c 0 wrk -t1 -c32 -d"$duration" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/")
-    after=$(cpu_ticks "$pid")
+    after=$(cpu_ticks "$pid"); core_after=$(core1_busy)
     n=$(echo "$out" | awk '/requests in/ {print $1}')
     non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
     [ -z "$non2xx" ] || { echo "$t answered $non2xx non-2xx responses"; exit 1; }
-    printf '%s\t%s\t%s\t%s\n' "$r" "$t" "$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
-      "$(python3 -c "print(f'{($after-$before)*10000/$n:.2f}')")" | tee -a "$work/compare.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
+      "$(python3 -c "print(f'{($after-$before)*10000/$n:.2f}')")" \
+      "$(python3 -c "print(f'{($core_after-$core_before)*10000/$n:.2f}')")" | tee -a "$work/compare.tsv"
   done
   # Raw verifies per second → µs per verify, on the proxy's core, once per round.
-  printf '%s\tverify-rs256\t-\t%s\n' "$r" "$(verify_per_s rsa2048 '^rsa 2048' | awk '{printf "%.2f", 1e6 / $1}')" \
-    | tee -a "$work/compare.tsv"
-  printf '%s\tverify-es256\t-\t%s\n' "$r" "$(verify_per_s ecdsap256 'nistp256' | awk '{printf "%.2f", 1e6 / $1}')" \
-    | tee -a "$work/compare.tsv"
+  for v in "rs256 rsa2048 ^rsa.2048" "es256 ecdsap256 nistp256"; do
+    read -r alg name pattern <<< "$v"
+    us=$(verify_per_s "$name" "$pattern" | awk '{printf "%.2f", 1e6 / $1}')
+    printf '%s\tverify-%s\t-\t%s\t%s\n' "$r" "$alg" "$us" "$us" | tee -a "$work/compare.tsv"
+  done
 done
 cp "$work/compare.tsv" "${OUT:-/tmp/jwtgate-compare.tsv}"
-python3 "$root/bench/compare_report.py" "$work/compare.tsv" "$noise"
+status=0
+python3 "$root/bench/compare_report.py" "$work/compare.tsv" "$noise" 3 || status=$?
+python3 "$root/bench/compare_report.py" "$work/compare.tsv" "$noise" 4 || status=$?
+exit "$status"

@@ -542,7 +542,7 @@ async fn corrupt_snapshot_is_moved_aside_and_not_ready_until_a_sync() {
         .await;
     assert!(
         h.eventually(5, || async {
-            std::fs::read(&path).is_ok_and(|b| b.starts_with(b"JWTGREV2") && b.len() > 60)
+            std::fs::read(&path).is_ok_and(|b| b.starts_with(b"JWTGREV3") && b.len() > 604)
         })
         .await
     );
@@ -1015,7 +1015,7 @@ async fn a_raised_lifetime_bound_still_holds_tokens_issued_before_the_raise() {
     // The snapshot records the bound in force.
     assert!(
         h.eventually(5, || async {
-            std::fs::read(&path).is_ok_and(|b| b.starts_with(b"JWTGREV2"))
+            std::fs::read(&path).is_ok_and(|b| b.starts_with(b"JWTGREV3"))
         })
         .await
     );

@@ -131,6 +131,8 @@ impl UpstreamPool {
     async fn connect(&self) -> Result<SendRequest<ForwardBody>, UpstreamError> {
         let tcp = dial(&self.host, self.port, self.connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            // As the listener: one flattened buffer per write (A/B in BENCHMARKS.md).
+            .writev(false)
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
