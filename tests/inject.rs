@@ -130,26 +130,30 @@ impl Webhook {
     }
 }
 
-/// `kubernetes-validate --strict -k 1.33.0` on these files. Outside CI, a machine without it
-/// skips loudly; in CI it is required.
+/// `kubernetes-validate --strict` on these files against the Kubernetes 1.29 and 1.33
+/// schemas (the oldest and newest minor the injector supports). Outside CI, a machine
+/// without it skips loudly; in CI it is required.
 pub fn kubernetes_validate(files: &[PathBuf]) {
-    let out = std::process::Command::new("kubernetes-validate")
-        .args(["--strict", "--no-warn", "-k", "1.33.0"])
-        .args(files)
-        .output();
-    match out {
-        Ok(out) => assert!(
-            out.status.success(),
-            "kubernetes-validate failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(_) if std::env::var_os("CI").is_none() => {
-            eprintln!(
-                "SKIPPED: kubernetes-validate not installed (pip install kubernetes-validate)"
-            )
+    for version in ["1.29.0", "1.33.0"] {
+        let out = std::process::Command::new("kubernetes-validate")
+            .args(["--strict", "--no-warn", "-k", version])
+            .args(files)
+            .output();
+        match out {
+            Ok(out) => assert!(
+                out.status.success(),
+                "kubernetes-validate {version} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(_) if std::env::var_os("CI").is_none() => {
+                eprintln!(
+                    "SKIPPED: kubernetes-validate not installed (pip install kubernetes-validate)"
+                );
+                return;
+            }
+            Err(e) => panic!("kubernetes-validate is required in CI: {e}"),
         }
-        Err(e) => panic!("kubernetes-validate is required in CI: {e}"),
     }
 }
 
@@ -206,6 +210,88 @@ async fn labelled_namespace_pod_gets_a_schema_valid_hardened_sidecar() {
         "the app is untouched"
     );
     kubernetes_validate(&[w.save("plain-pod", &out)]);
+}
+
+/// What a rollout needs, through the real webhook: the config's secrets in the sidecar's
+/// environment, the app held past jwtgate's shutdown delay, a grace period covering delay
+/// and drain, threads from the CPU request, the app's own scrape annotations kept.
+#[tokio::test]
+async fn injected_pods_survive_a_rollout() {
+    let w = webhook().await;
+    for prestop in ["sleep", "exec"] {
+        let object = pod(
+            json!({}),
+            json!({"jwtgate.io/upstream-port": "8243", "jwtgate.io/env-from-secret": "jwtgate-env",
+                   "jwtgate.io/app-prestop": prestop, "jwtgate.io/cpu-request": "1500m",
+                   "prometheus.io/scrape": "true", "prometheus.io/port": "9543"}),
+            json!({}),
+        );
+        let r = w
+            .ask(
+                "/mutate/namespace-enabled",
+                &review(object.clone(), pod_kind()),
+            )
+            .await;
+        assert_eq!(r["allowed"], true, "{r}");
+        let out = w.patched(&object, &r);
+        let c = container(&out, "containers", "jwtgate").expect("sidecar added");
+        assert_eq!(
+            c["envFrom"],
+            json!([{"secretRef": {"name": "jwtgate-env", "optional": false}}])
+        );
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(args.windows(2).any(|w| w == ["--threads", "2"]), "{args:?}");
+        assert_eq!(out["spec"]["terminationGracePeriodSeconds"], 40);
+        let app = container(&out, "containers", "gateway").unwrap();
+        let pre = &app["lifecycle"]["preStop"];
+        match prestop {
+            "sleep" => assert_eq!(pre["sleep"]["seconds"], 10, "{pre}"),
+            _ => assert_eq!(pre["exec"]["command"], json!(["sleep", "10"]), "{pre}"),
+        }
+        assert_eq!(
+            out["metadata"]["annotations"]["prometheus.io/port"], "9543",
+            "the app's own"
+        );
+        kubernetes_validate(&[w.save(&format!("rollout-{prestop}"), &out)]);
+    }
+}
+
+/// A Job's pod (and a Never-restarting one) in a labelled namespace is created without the
+/// sidecar, marked with the reason; before, it was refused (no upstream port) or, injected,
+/// never completed.
+#[tokio::test]
+async fn job_pods_are_let_through_marked_skipped() {
+    let w = webhook().await;
+    let mut job = pod(json!({}), json!({}), json!({"restartPolicy": "OnFailure"}));
+    job["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job",
+        "name": "nightly-report-29", "uid": "6f1d3c9e-0b8a-4a57-9d0e-2c1f8e7b5a41", "controller": true}]);
+    let r = w
+        .ask(
+            "/mutate/namespace-enabled",
+            &review(job.clone(), pod_kind()),
+        )
+        .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let out = w.patched(&job, &r);
+    assert_eq!(
+        out["metadata"]["annotations"]["jwtgate.io/status"],
+        "skipped"
+    );
+    let reason = out["metadata"]["annotations"]["jwtgate.io/skip-reason"]
+        .as_str()
+        .unwrap();
+    assert!(reason.contains("Job nightly-report-29"), "{reason}");
+    assert_eq!(
+        out["spec"]["containers"].as_array().unwrap().len(),
+        1,
+        "no sidecar"
+    );
+    kubernetes_validate(&[w.save("job-skipped", &out)]);
 }
 
 #[tokio::test]
@@ -364,4 +450,26 @@ async fn certificate_rotation_is_picked_up() {
         w.client.get(&url).send().await.is_err(),
         "the old certificate is gone"
     );
+}
+
+/// Injector config mistakes name the key.
+#[test]
+fn injector_config_errors_name_the_key() {
+    let dir = TempDir::new();
+    for (text, key) in [
+        ("app_prestop = \"later\"\n", "app_prestop"),
+        (
+            "env_from_secrets = [\"ok\", \"Not_OK\"]\n",
+            "env_from_secrets",
+        ),
+        ("env_from_config_maps = [\"\"]\n", "env_from_config_maps"),
+        ("shutdown_delay_s = -1\n", "shutdown_delay_s"),
+    ] {
+        let path = dir.0.join("inject.toml");
+        std::fs::write(&path, text).unwrap();
+        let err = jwtgate::inject::load_defaults(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
 }

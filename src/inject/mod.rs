@@ -67,6 +67,26 @@ pub fn load_defaults(path: &Path) -> Result<Defaults, ConfigErrors> {
             message: "must not be empty".into(),
         });
     }
+    if !["sleep", "exec", "none"].contains(&d.app_prestop.as_str()) {
+        problems.push(ConfigError {
+            key: "app_prestop".into(),
+            message: format!(
+                "{:?} must be \"sleep\", \"exec\" or \"none\"",
+                d.app_prestop
+            ),
+        });
+    }
+    for (key, names) in [
+        ("env_from_secrets", &d.env_from_secrets),
+        ("env_from_config_maps", &d.env_from_config_maps),
+    ] {
+        if let Some(bad) = names.iter().find(|n| !patch::is_dns_label(n)) {
+            problems.push(ConfigError {
+                key: key.into(),
+                message: format!("{bad:?} is not a resource name (DNS-1123 subdomain)"),
+            });
+        }
+    }
     if problems.is_empty() {
         Ok(d)
     } else {
@@ -131,6 +151,15 @@ pub fn review(body: &[u8], mode: Mode, defaults: &Defaults) -> AdmissionReview<D
         }
         Decision::Patch(p) => {
             tracing::info!(%namespace, pod = %name, "sidecar injected");
+            match response.clone().with_patch(p) {
+                Ok(r) => r.into_review(),
+                Err(e) => response
+                    .deny(format!("jwtgate: patch could not be encoded ({e})"))
+                    .into_review(),
+            }
+        }
+        Decision::Marked(p) => {
+            tracing::info!(%namespace, pod = %name, "not injected: jwtgate cannot serve this pod (see its jwtgate.io/skip-reason)");
             match response.clone().with_patch(p) {
                 Ok(r) => r.into_review(),
                 Err(e) => response

@@ -10,13 +10,20 @@
 //! | absent (or any value but `enabled`/`disabled`) | `"true"` | injected |
 //! | absent | absent or other | untouched |
 //! | `disabled` | anything | untouched (not routed to the webhook) |
-
+//!
+//! An opted-in pod that jwtgate cannot serve is let through without the sidecar and marked
+//! `jwtgate.io/status: skipped` with `jwtgate.io/skip-reason`: a pod owned by a Job (a
+//! sidecar that never exits would keep it from completing), a `restartPolicy` other than
+//! `Always` (the same), or no container port at all and no `jwtgate.io/upstream-port`
+//! (nothing to serve). Any other opted-in pod without an upstream port is refused: a
+//! gateway pod never runs without its sidecar.
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, Pod, Probe, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    Lifecycle, LifecycleHandler, Pod, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource,
+    SecretKeySelector, SecurityContext, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -24,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub const LABEL: &str = "jwtgate.io/inject";
 pub const STATUS: &str = "jwtgate.io/status";
+pub const SKIP_REASON: &str = "jwtgate.io/skip-reason";
 /// Label on every pod carrying the sidecar: what the PodMonitor selects.
 pub const SIDECAR_LABEL: &str = "jwtgate.io/sidecar";
 pub const CONTAINER: &str = "jwtgate";
@@ -59,6 +67,20 @@ pub struct Defaults {
     /// Secret holding the revocation push token (key `token`), exposed as
     /// `JWTGATE_PUSH_TOKEN`; optional in the pod.
     pub push_token_secret: String,
+    /// Secrets and ConfigMaps whose keys become the sidecar's environment (`envFrom`): what
+    /// the config's `${VAR}`s need. Annotations `jwtgate.io/env-from-secret` and
+    /// `jwtgate.io/env-from-configmap` (comma-separated names) add more per pod.
+    pub env_from_secrets: Vec<String>,
+    pub env_from_config_maps: Vec<String>,
+    /// The sidecar config's `server.shutdown_delay_s` and `drain_timeout_s` (keep them equal
+    /// to the ConfigMap's): the pod's `terminationGracePeriodSeconds` is raised to their sum
+    /// + 5 s when lower, and the app's preStop holds it `shutdown_delay_s` + 5 s.
+    pub shutdown_delay_s: u32,
+    pub drain_timeout_s: u32,
+    /// How the app container is kept alive while jwtgate stops taking traffic: `sleep` (the
+    /// preStop sleep action, Kubernetes ≥ 1.30), `exec` (`sleep N` in the app's image) or
+    /// `none`; annotation `jwtgate.io/app-prestop`. A preStop the app already has is kept.
+    pub app_prestop: String,
 }
 
 impl Default for Defaults {
@@ -75,6 +97,11 @@ impl Default for Defaults {
             memory_limit: Some("128Mi".into()),
             native_sidecar: false,
             push_token_secret: "jwtgate-push".into(),
+            env_from_secrets: Vec::new(),
+            env_from_config_maps: Vec::new(),
+            shutdown_delay_s: 5,
+            drain_timeout_s: 30,
+            app_prestop: "sleep".into(),
         }
     }
 }
@@ -88,6 +115,8 @@ pub enum Decision {
     Patch(json_patch::Patch),
     /// Refused: a clear message naming the annotation.
     Deny(String),
+    /// Allowed without the sidecar, marked `jwtgate.io/status: skipped` with the reason.
+    Marked(json_patch::Patch),
 }
 
 /// The per-pod settings after annotations are applied.
@@ -103,6 +132,18 @@ struct Settings {
     memory_request: String,
     memory_limit: Option<String>,
     native_sidecar: bool,
+    env_from_secrets: Vec<String>,
+    env_from_config_maps: Vec<String>,
+    app_prestop: AppPreStop,
+    /// `--threads`: the CPU request rounded up, at least 1.
+    threads: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum AppPreStop {
+    Sleep,
+    Exec,
+    None,
 }
 
 pub fn decide(pod: &Pod, mode: Mode, defaults: &Defaults) -> Decision {
@@ -118,6 +159,19 @@ pub fn decide(pod: &Pod, mode: Mode, defaults: &Defaults) -> Decision {
     if annotations.get(STATUS).map(String::as_str) == Some("injected") || has_jwtgate(pod) {
         return Decision::Skip("already injected");
     }
+    if let Some(reason) = cannot_serve(pod, &annotations) {
+        let mut marked = pod.clone();
+        let a = marked
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new);
+        a.insert(STATUS.into(), "skipped".into());
+        a.insert(SKIP_REASON.into(), reason);
+        return match diff(pod, &marked) {
+            Some(patch) => Decision::Marked(patch),
+            None => Decision::Deny("jwtgate: the pod could not be serialised".into()),
+        };
+    }
     let settings = match settings(&annotations, defaults) {
         Ok(s) => s,
         Err(message) => return Decision::Deny(message),
@@ -126,11 +180,43 @@ pub fn decide(pod: &Pod, mode: Mode, defaults: &Defaults) -> Decision {
         return Decision::Deny(conflict);
     }
     let patched = inject(pod.clone(), &settings, defaults);
-    let (Ok(before), Ok(after)) = (serde_json::to_value(pod), serde_json::to_value(&patched))
+    match diff(pod, &patched) {
+        Some(patch) => Decision::Patch(patch),
+        None => Decision::Deny("jwtgate: the pod could not be serialised".into()),
+    }
+}
+
+fn diff(before: &Pod, after: &Pod) -> Option<json_patch::Patch> {
+    let (Ok(before), Ok(after)) = (serde_json::to_value(before), serde_json::to_value(after))
     else {
-        return Decision::Deny("jwtgate: the pod could not be serialised".into());
+        return None;
     };
-    Decision::Patch(json_patch::diff(&before, &after))
+    Some(json_patch::diff(&before, &after))
+}
+
+/// Why jwtgate cannot serve this pod, if it cannot (see the module docs).
+fn cannot_serve(pod: &Pod, annotations: &BTreeMap<String, String>) -> Option<String> {
+    let owners = pod.metadata.owner_references.iter().flatten();
+    if let Some(job) = owners.into_iter().find(|o| o.kind == "Job") {
+        return Some(format!(
+            "owned by Job {}: a sidecar would keep it from completing",
+            job.name
+        ));
+    }
+    let spec = pod.spec.as_ref()?;
+    if let Some(policy) = spec.restart_policy.as_deref().filter(|p| *p != "Always") {
+        return Some(format!(
+            "restartPolicy {policy}: a sidecar would keep the pod from completing"
+        ));
+    }
+    let ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten());
+    if ports.count() == 0 && !annotations.contains_key("jwtgate.io/upstream-port") {
+        return Some("no container port and no jwtgate.io/upstream-port: nothing to serve".into());
+    }
+    None
 }
 
 fn has_jwtgate(pod: &Pod) -> bool {
@@ -194,19 +280,59 @@ fn settings(a: &BTreeMap<String, String>, d: &Defaults) -> Result<Settings, Stri
         }
         None => d.config_map.clone(),
     };
+    let cpu_request = quantity("jwtgate.io/cpu-request", Some(&d.cpu_request))?.unwrap_or_default();
     Ok(Settings {
+        threads: whole_cpus(&cpu_request),
+        env_from_secrets: names(a, "jwtgate.io/env-from-secret", &d.env_from_secrets)?,
+        env_from_config_maps: names(a, "jwtgate.io/env-from-configmap", &d.env_from_config_maps)?,
+        app_prestop: app_prestop(a, d)?,
         image,
         config_map,
         port: port("jwtgate.io/port", Some(d.port))?,
         admin_port: port("jwtgate.io/admin-port", Some(d.admin_port))?,
         upstream_port: port("jwtgate.io/upstream-port", d.upstream_port)?,
-        cpu_request: quantity("jwtgate.io/cpu-request", Some(&d.cpu_request))?.unwrap_or_default(),
+        cpu_request,
         cpu_limit: quantity("jwtgate.io/cpu-limit", d.cpu_limit.as_ref())?,
         memory_request: quantity("jwtgate.io/memory-request", Some(&d.memory_request))?
             .unwrap_or_default(),
         memory_limit: quantity("jwtgate.io/memory-limit", d.memory_limit.as_ref())?,
         native_sidecar,
     })
+}
+
+/// The injector's names for `key` plus the annotation's (comma-separated), each once.
+fn names(
+    a: &BTreeMap<String, String>,
+    key: &str,
+    defaults: &[String],
+) -> Result<Vec<String>, String> {
+    let mut all = defaults.to_vec();
+    for name in a.get(key).iter().flat_map(|v| v.split(',')).map(str::trim) {
+        if !is_dns_label(name) {
+            return Err(format!(
+                "annotation {key}: {name:?} is not a resource name (DNS-1123 subdomain)"
+            ));
+        }
+        if !all.iter().any(|n| n == name) {
+            all.push(name.to_owned());
+        }
+    }
+    Ok(all)
+}
+
+fn app_prestop(a: &BTreeMap<String, String>, d: &Defaults) -> Result<AppPreStop, String> {
+    match a
+        .get("jwtgate.io/app-prestop")
+        .unwrap_or(&d.app_prestop)
+        .trim()
+    {
+        "sleep" => Ok(AppPreStop::Sleep),
+        "exec" => Ok(AppPreStop::Exec),
+        "none" => Ok(AppPreStop::None),
+        v => Err(format!(
+            "annotation jwtgate.io/app-prestop: {v:?} must be \"sleep\", \"exec\" or \"none\""
+        )),
+    }
 }
 
 fn port_conflict(pod: &Pod, s: &Settings) -> Option<String> {
@@ -253,7 +379,19 @@ fn is_quantity(v: &str) -> bool {
         && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn is_dns_label(v: &str) -> bool {
+/// A CPU quantity rounded up to whole CPUs, at least 1 (`50m` → 1, `1500m` → 2, `2` → 2):
+/// the runtime's thread count, instead of one per node core.
+fn whole_cpus(q: &str) -> u32 {
+    let (num, milli) = match q.strip_suffix('m') {
+        Some(n) => (n, true),
+        None => (q, false),
+    };
+    let Ok(v) = num.parse::<f64>() else { return 1 };
+    let cpus = if milli { v / 1000.0 } else { v };
+    (cpus.ceil() as u32).clamp(1, 64)
+}
+
+pub(crate) fn is_dns_label(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 253
         && v.bytes()
@@ -270,10 +408,22 @@ fn inject(mut pod: Pod, s: &Settings, d: &Defaults) -> Pod {
         .insert(SIDECAR_LABEL.into(), "injected".into());
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(STATUS.into(), "injected".into());
-    annotations.insert("prometheus.io/scrape".into(), "true".into());
-    annotations.insert("prometheus.io/port".into(), s.admin_port.to_string());
-    annotations.insert("prometheus.io/path".into(), "/metrics".into());
+    // The PodMonitor finds jwtgate by its label. Annotation-based scraping gets jwtgate's
+    // metrics only when the app has no prometheus.io/* of its own: those stay the app's.
+    if !annotations.keys().any(|k| k.starts_with("prometheus.io/")) {
+        annotations.insert("prometheus.io/scrape".into(), "true".into());
+        annotations.insert("prometheus.io/port".into(), s.admin_port.to_string());
+        annotations.insert("prometheus.io/path".into(), "/metrics".into());
+    }
     let spec = pod.spec.get_or_insert_with(Default::default);
+    // Stop order: jwtgate keeps serving for shutdown_delay_s while endpoints drop the pod,
+    // then drains for up to drain_timeout_s; the grace period covers both, and the app
+    // outlives the delay so nothing jwtgate still forwards finds it gone.
+    let needed = i64::from(d.shutdown_delay_s) + i64::from(d.drain_timeout_s) + 5;
+    if spec.termination_grace_period_seconds.unwrap_or(30) < needed {
+        spec.termination_grace_period_seconds = Some(needed);
+    }
+    hold_app(spec, s, i64::from(d.shutdown_delay_s) + 5);
     if s.native_sidecar {
         let mut c = container;
         c.restart_policy = Some("Always".into());
@@ -299,6 +449,44 @@ fn inject(mut pod: Pod, s: &Settings, d: &Defaults) -> Pod {
         ..Default::default()
     });
     pod
+}
+
+/// Gives the app container (the one listening on the upstream port, else the first) a
+/// preStop that outlasts jwtgate's shutdown delay, unless it has one or the pod opted out.
+fn hold_app(spec: &mut k8s_openapi::api::core::v1::PodSpec, s: &Settings, seconds: i64) {
+    let upstream = i32::from(s.upstream_port);
+    let serves = |c: &Container| {
+        c.ports
+            .iter()
+            .flatten()
+            .any(|p| p.container_port == upstream)
+    };
+    let Some(i) = spec.containers.iter().position(serves).or(
+        // The first container, unless that is jwtgate itself.
+        (spec.containers.first().is_some_and(|c| c.name != CONTAINER)).then_some(0),
+    ) else {
+        return;
+    };
+    let app = &mut spec.containers[i];
+    if app.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()) {
+        return;
+    }
+    let handler = match s.app_prestop {
+        AppPreStop::None => return,
+        AppPreStop::Sleep => LifecycleHandler {
+            sleep: Some(SleepAction { seconds }),
+            ..Default::default()
+        },
+        AppPreStop::Exec => LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(vec!["sleep".into(), seconds.to_string()]),
+            }),
+            ..Default::default()
+        },
+    };
+    app.lifecycle
+        .get_or_insert_with(Lifecycle::default)
+        .pre_stop = Some(handler);
 }
 
 // long-function: the injected container spec, field by field, reads best as one
@@ -341,6 +529,9 @@ fn sidecar(s: &Settings, d: &Defaults) -> Container {
             // A ConfigMap edit reaches the running sidecar (the kubelet swaps the mounted
             // file's symlink; the content hash sees it).
             "--watch".into(),
+            // Threads from the CPU request, not one per node core.
+            "--threads".into(),
+            s.threads.to_string(),
         ]),
         ports: Some(vec![
             ContainerPort {
@@ -368,6 +559,7 @@ fn sidecar(s: &Settings, d: &Defaults) -> Container {
             }),
             ..Default::default()
         }]),
+        env_from: env_from(s),
         readiness_probe: Some(probe("/readyz", 2)),
         liveness_probe: Some(probe("/healthz", 10)),
         resources: Some(ResourceRequirements {
@@ -407,6 +599,25 @@ fn sidecar(s: &Settings, d: &Defaults) -> Container {
         ]),
         ..Default::default()
     }
+}
+
+fn env_from(s: &Settings) -> Option<Vec<EnvFromSource>> {
+    let secrets = s.env_from_secrets.iter().map(|name| EnvFromSource {
+        secret_ref: Some(SecretEnvSource {
+            name: name.clone(),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    });
+    let maps = s.env_from_config_maps.iter().map(|name| EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: name.clone(),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    });
+    let all: Vec<EnvFromSource> = secrets.chain(maps).collect();
+    (!all.is_empty()).then_some(all)
 }
 
 #[cfg(test)]
@@ -480,7 +691,7 @@ mod tests {
         assert!(args.contains("--listen 0.0.0.0:8443"), "{args}");
         assert!(args.contains("--upstream http://127.0.0.1:8243"), "{args}");
         assert!(
-            args.ends_with("--watch"),
+            args.contains("--watch"),
             "a ConfigMap edit reaches the sidecar: {args}"
         );
         let sc = c.security_context.clone().unwrap();
@@ -551,6 +762,190 @@ mod tests {
         }
         for bad in ["", "lots", "1.", ".5", "5 Mi", "-1", "Mi"] {
             assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+
+    /// The patched pod for these annotations and pod fields (merged into the default pod).
+    fn injected(annotations: serde_json::Value, spec: serde_json::Value, d: &Defaults) -> Pod {
+        let mut v = serde_json::to_value(pod(json!({}), annotations)).unwrap();
+        json_patch::merge(&mut v["spec"], &spec);
+        let p: Pod = serde_json::from_value(v).unwrap();
+        match decide(&p, Mode::NamespaceEnabled, d) {
+            Decision::Patch(patch) => apply(&p, &patch),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn container<'a>(p: &'a Pod, name: &str) -> &'a Container {
+        let spec = p.spec.as_ref().unwrap();
+        spec.containers.iter().find(|c| c.name == name).unwrap()
+    }
+
+    #[test]
+    fn pods_jwtgate_cannot_serve_are_let_through_marked_and_gateways_never_are() {
+        let d = Defaults::default();
+        let job = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "migrate-x", "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "migrate", "uid": "u1"}]},
+            "spec": {"containers": [{"name": "m", "image": "busybox", "ports": [{"containerPort": 8080}]}]}});
+        let never = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug"},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "d", "image": "busybox", "ports": [{"containerPort": 80}]}]}});
+        let portless = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "worker"},
+            "spec": {"containers": [{"name": "w", "image": "busybox"}]}});
+        for (pod, reason) in [
+            (job, "Job migrate"),
+            (never, "restartPolicy Never"),
+            (portless, "no container port"),
+        ] {
+            let p: Pod = serde_json::from_value(pod).unwrap();
+            let Decision::Marked(patch) = decide(&p, Mode::NamespaceEnabled, &d) else {
+                panic!("{reason}: not marked")
+            };
+            let out = apply(&p, &patch);
+            let a = out.metadata.annotations.unwrap();
+            assert_eq!(a[STATUS], "skipped");
+            assert!(a[SKIP_REASON].contains(reason), "{}", a[SKIP_REASON]);
+            assert_eq!(
+                out.spec.unwrap().containers.len(),
+                1,
+                "{reason}: no sidecar"
+            );
+        }
+        // A pod with ports and no upstream port is a gateway missing its setting: refused.
+        assert!(matches!(
+            decide(&pod(json!({}), json!({})), Mode::NamespaceEnabled, &d),
+            Decision::Deny(_)
+        ));
+        // Portless but told where the app listens: injected.
+        let p: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "w", "annotations": {"jwtgate.io/upstream-port": "8081"}},
+            "spec": {"containers": [{"name": "w", "image": "busybox"}]}}))
+        .unwrap();
+        assert!(matches!(
+            decide(&p, Mode::NamespaceEnabled, &d),
+            Decision::Patch(_)
+        ));
+    }
+
+    #[test]
+    fn environment_comes_from_defaults_and_annotations() {
+        let d = Defaults {
+            env_from_secrets: vec!["wso2-cp".into()],
+            ..Defaults::default()
+        };
+        let mut a = up();
+        a["jwtgate.io/env-from-secret"] = " km-creds , wso2-cp".into();
+        a["jwtgate.io/env-from-configmap"] = "gw-env".into();
+        let out = injected(a, json!({}), &d);
+        let env_from = container(&out, CONTAINER).env_from.clone().unwrap();
+        let names: Vec<String> = env_from
+            .iter()
+            .map(|e| match (&e.secret_ref, &e.config_map_ref) {
+                (Some(s), None) => format!("secret/{}", s.name),
+                (None, Some(c)) => format!("configmap/{}", c.name),
+                _ => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            ["secret/wso2-cp", "secret/km-creds", "configmap/gw-env"]
+        );
+        let mut a = up();
+        a["jwtgate.io/env-from-secret"] = "ok,Not_OK".into();
+        match decide(&pod(json!({}), a), Mode::NamespaceEnabled, &d) {
+            Decision::Deny(m) => assert!(
+                m.contains("jwtgate.io/env-from-secret") && m.contains("Not_OK"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_apps_prometheus_annotations_stay_the_apps() {
+        let mut a = up();
+        a["prometheus.io/scrape"] = "true".into();
+        a["prometheus.io/port"] = "8080".into();
+        let out = injected(a, json!({}), &Defaults::default());
+        let ann = out.metadata.annotations.unwrap();
+        assert_eq!(ann["prometheus.io/port"], "8080");
+        assert!(!ann.contains_key("prometheus.io/path"));
+        // Without any, jwtgate's admin port is announced.
+        let ann = injected(up(), json!({}), &Defaults::default())
+            .metadata
+            .annotations
+            .unwrap();
+        assert_eq!(ann["prometheus.io/port"], "9901");
+    }
+
+    #[test]
+    fn shutdown_is_ordered_grace_and_app_prestop() {
+        let d = Defaults::default();
+        let out = injected(up(), json!({}), &d);
+        let spec = out.spec.clone().unwrap();
+        assert_eq!(spec.termination_grace_period_seconds, Some(5 + 30 + 5));
+        let pre = container(&out, "app")
+            .lifecycle
+            .clone()
+            .unwrap()
+            .pre_stop
+            .unwrap();
+        assert_eq!(pre.sleep.unwrap().seconds, 10);
+        // A longer grace period and the app's own preStop are kept.
+        let own = json!({"terminationGracePeriodSeconds": 120,
+            "containers": [{"name": "app", "image": "wso2/gateway", "ports": [{"containerPort": 8243}],
+                "lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": 8243}}}}]});
+        let out = injected(up(), own, &d);
+        assert_eq!(
+            out.spec.clone().unwrap().termination_grace_period_seconds,
+            Some(120)
+        );
+        let pre = container(&out, "app")
+            .lifecycle
+            .clone()
+            .unwrap()
+            .pre_stop
+            .unwrap();
+        assert!(pre.http_get.is_some() && pre.sleep.is_none());
+        // exec (older clusters) and none.
+        let mut a = up();
+        a["jwtgate.io/app-prestop"] = "exec".into();
+        let out = injected(a, json!({}), &d);
+        let pre = container(&out, "app")
+            .lifecycle
+            .clone()
+            .unwrap()
+            .pre_stop
+            .unwrap();
+        assert_eq!(pre.exec.unwrap().command.unwrap(), ["sleep", "10"]);
+        let mut a = up();
+        a["jwtgate.io/app-prestop"] = "none".into();
+        assert!(
+            container(&injected(a, json!({}), &d), "app")
+                .lifecycle
+                .is_none()
+        );
+        let mut a = up();
+        a["jwtgate.io/app-prestop"] = "later".into();
+        assert!(
+            matches!(decide(&pod(json!({}), a), Mode::NamespaceEnabled, &d), Decision::Deny(m) if m.contains("jwtgate.io/app-prestop"))
+        );
+    }
+
+    #[test]
+    fn threads_follow_the_cpu_request() {
+        for (request, threads) in [
+            ("50m", "1"),
+            ("1", "1"),
+            ("1500m", "2"),
+            ("2", "2"),
+            ("0.5", "1"),
+        ] {
+            let mut a = up();
+            a["jwtgate.io/cpu-request"] = request.into();
+            let out = injected(a, json!({}), &Defaults::default());
+            let args = container(&out, CONTAINER).args.clone().unwrap();
+            let at = args.iter().position(|a| a == "--threads").unwrap();
+            assert_eq!(args[at + 1], threads, "{request}");
         }
     }
 }
