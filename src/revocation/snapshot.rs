@@ -55,7 +55,7 @@ pub struct Restored {
 }
 
 /// The whole list as snapshot bytes (tests, benches, fuzzing; the service streams the same
-/// bytes to the file with [`save`]).
+/// bytes to the file with `save`).
 pub fn encode(list: &RevocationList, cursor: Option<&str>, bound: &LifetimeBound) -> Vec<u8> {
     let mut out = Vec::new();
     encode_to(&mut out, list, cursor, bound).expect("writing to a Vec cannot fail");
