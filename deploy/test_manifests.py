@@ -91,15 +91,23 @@ check("kustomizations list existing files and cover every manifest", kustomizati
 
 
 def cert_manager():
-    issuer = one("Issuer")
-    assert issuer["apiVersion"] == "cert-manager.io/v1"
-    assert "selfSigned" in issuer["spec"], "Issuer must be selfSigned (or replace it)"
-    cert = one("Certificate")
+    # selfSigned Issuer → CA Certificate → CA Issuer → serving Certificate; the webhook's
+    # bundle comes from the CA, so a serving-certificate renewal never changes it.
+    selfsigned = one("Issuer", "jwtgate-selfsigned")
+    assert "selfSigned" in selfsigned["spec"]
+    ca = one("Certificate", "jwtgate-ca")
+    assert ca["spec"]["isCA"] is True
+    assert ca["spec"]["issuerRef"]["name"] == selfsigned["metadata"]["name"]
+    assert ca["spec"]["privateKey"].get("rotationPolicy") == "Never", "the CA keeps its key"
+    ca_issuer = one("Issuer", "jwtgate-ca")
+    assert ca_issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    cert = one("Certificate", "jwtgate-injector")
     assert cert["apiVersion"] == "cert-manager.io/v1"
     spec = cert["spec"]
     for key in ("secretName", "dnsNames", "issuerRef"):
         assert key in spec, f"Certificate.spec.{key} missing"
-    assert spec["issuerRef"]["name"] == issuer["metadata"]["name"]
+    assert spec["issuerRef"]["name"] == ca_issuer["metadata"]["name"], "served by the CA issuer"
+    assert not spec.get("isCA"), "the serving certificate is no CA"
     svc = one("Service", "jwtgate-injector")
     ns = svc["metadata"]["namespace"]
     assert f"jwtgate-injector.{ns}.svc" in spec["dnsNames"]
@@ -108,10 +116,11 @@ def cert_manager():
     assert spec["secretName"] in secrets, "the injector must mount the Certificate's secret"
     mwc = one("MutatingWebhookConfiguration")
     ref = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
-    assert ref == f"{cert['metadata']['namespace']}/{cert['metadata']['name']}"
+    assert ref == f"{ca['metadata']['namespace']}/{ca['metadata']['name']}", \
+        "the bundle must be the CA's, not the serving certificate's"
 
 
-check("cert-manager Issuer/Certificate wired to the injector and the webhook", cert_manager)
+check("cert-manager CA chain wired to the injector and the webhook", cert_manager)
 
 
 def webhook():
@@ -146,8 +155,15 @@ def example_traffic_path():
     assert any("127.0.0.1" in a for a in app.get("args", [])), "the app must bind to 127.0.0.1"
     assert "preStop" in app.get("lifecycle", {}), "the app needs a preStop sleep"
     np = one("NetworkPolicy")
-    allowed = sorted(p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"])
+    allowed = sorted({p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]})
     assert allowed == sorted([ports["jwtgate"], ports["jwtgate-admin"]]), allowed
+    # The admin port only from chosen namespaces: monitoring, and the key manager's.
+    admin_from = [rule.get("from") for rule in np["spec"]["ingress"]
+                  if any(p["port"] == ports["jwtgate-admin"] for p in rule["ports"])]
+    assert all(admin_from), "the admin port must never be open to every namespace"
+    selectors = [f["namespaceSelector"]["matchLabels"] for rule in admin_from for f in rule]
+    assert {"kubernetes.io/metadata.name": "monitoring"} in selectors, selectors
+    assert {"jwtgate.io/key-manager": "true"} in selectors, "push/notify from the key manager"
     sc = jg["securityContext"]
     assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
     assert sc["capabilities"]["drop"] == ["ALL"]

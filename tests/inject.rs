@@ -452,6 +452,125 @@ async fn certificate_rotation_is_picked_up() {
     );
 }
 
+/// A CA and leaves it signs, as cert-manager's CA issuer makes them.
+struct Ca {
+    cert: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "jwtgate-injector-ca");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            cert,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A fresh key and serving certificate for these names: (key PEM, certificate PEM).
+    fn issue(&self, names: &[&str]) -> (String, String) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = params.signed_by(&key, &self.issuer).unwrap();
+        (key.serialize_pem(), leaf.pem())
+    }
+}
+
+/// The webhook's serving certificate renewed by the CA while the API server keeps calling
+/// with the one bundle it has (the CA's): no handshake fails, and the new certificate is
+/// served. The renewal lands slowly — the new key a whole reload period before the new
+/// certificate, as a copy that is not one atomic Secret-volume swap does — and the webhook
+/// must keep serving the old pair until the new one matches (before, it served the new key
+/// with the old certificate and every handshake failed). With the bundle taken from the
+/// serving certificate (the old cert-manager layout), every call after a renewal would fail
+/// until the bundle caught up; under one CA the bundle never changes.
+#[tokio::test]
+async fn serving_certificate_renewal_under_a_ca_fails_no_handshake() {
+    let dir = TempDir::new();
+    let ca = Ca::new();
+    let (key, cert) = ca.issue(&["localhost", "127.0.0.1"]);
+    std::fs::write(dir.0.join("tls.key"), key).unwrap();
+    std::fs::write(dir.0.join("tls.crt"), cert).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(jwtgate::inject::serve(
+        listener,
+        dir.0.join("tls.crt"),
+        dir.0.join("tls.key"),
+        jwtgate::inject::Defaults::default(),
+        std::future::pending(),
+    ));
+    // A new connection and a full handshake (no session resumption, which would skip the
+    // certificate) for every call, trusting only the CA.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.resumption = rustls::client::Resumption::disabled();
+    // A client per call: nothing pooled, nothing resumed.
+    let client = || {
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls.clone())
+            .pool_max_idle_per_host(0)
+            .resolve("renewed.localhost", addr)
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://localhost:{}/healthz", addr.port());
+    let renewed = format!("https://renewed.localhost:{}/healthz", addr.port());
+    // The renewal: a new key and certificate from the same CA, with one more name so the
+    // test can tell which one is served.
+    let (new_key, new_cert) = ca.issue(&["localhost", "127.0.0.1", "renewed.localhost"]);
+    let mut calls = 0;
+    let mut served_new = false;
+    let start = std::time::Instant::now();
+    let mut stage = 0;
+    for i in 0..1000 {
+        let t = start.elapsed();
+        if stage == 0 && t > Duration::from_secs(1) {
+            std::fs::write(dir.0.join("tls.key"), &new_key).unwrap();
+            stage = 1;
+        } else if stage == 1 && t > Duration::from_secs(8) {
+            std::fs::write(dir.0.join("tls.crt"), &new_cert).unwrap();
+            stage = 2;
+        }
+        let r = client().get(&url).send().await;
+        assert!(
+            r.as_ref().is_ok_and(|r| r.status() == 200),
+            "call {i} failed: {r:?}"
+        );
+        calls += 1;
+        if stage == 2
+            && client()
+                .get(&renewed)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        {
+            served_new = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        served_new,
+        "the renewed certificate was not served after {calls} calls"
+    );
+}
+
 /// Injector config mistakes name the key.
 #[test]
 fn injector_config_errors_name_the_key() {

@@ -210,7 +210,13 @@ fn load_certified(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
         .key_provider
         .load_private_key(key)
         .map_err(|e| format!("--tls-key: {e}"))?;
-    Ok(CertifiedKey::new(certs, signing))
+    let pair = CertifiedKey::new(certs, signing);
+    // A rotation caught between its two files (new key, old certificate) is no pair: every
+    // handshake with it would fail. The caller keeps the old pair and looks again.
+    pair.keys_match().map_err(|e| {
+        format!("--tls-cert and --tls-key do not belong together (a rotation half-written?): {e}")
+    })?;
+    Ok(pair)
 }
 
 fn mtimes(a: &Path, b: &Path) -> (Option<SystemTime>, Option<SystemTime>) {

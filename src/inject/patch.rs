@@ -81,6 +81,11 @@ pub struct Defaults {
     /// preStop sleep action, Kubernetes ≥ 1.30), `exec` (`sleep N` in the app's image) or
     /// `none`; annotation `jwtgate.io/app-prestop`. A preStop the app already has is kept.
     pub app_prestop: String,
+    /// Revocation records a pod should be ready to hold (annotation
+    /// `jwtgate.io/expected-revocations`): the snapshot `emptyDir` is sized
+    /// 2 × records × 32 B + 16 Mi (two snapshots, the file and its temp copy, at a generous
+    /// 32 B a record; the file takes 12).
+    pub expected_revocations: u64,
 }
 
 impl Default for Defaults {
@@ -102,6 +107,7 @@ impl Default for Defaults {
             shutdown_delay_s: 5,
             drain_timeout_s: 30,
             app_prestop: "sleep".into(),
+            expected_revocations: 1_000_000,
         }
     }
 }
@@ -137,6 +143,7 @@ struct Settings {
     app_prestop: AppPreStop,
     /// `--threads`: the CPU request rounded up, at least 1.
     threads: u32,
+    expected_revocations: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -286,6 +293,12 @@ fn settings(a: &BTreeMap<String, String>, d: &Defaults) -> Result<Settings, Stri
         env_from_secrets: names(a, "jwtgate.io/env-from-secret", &d.env_from_secrets)?,
         env_from_config_maps: names(a, "jwtgate.io/env-from-configmap", &d.env_from_config_maps)?,
         app_prestop: app_prestop(a, d)?,
+        expected_revocations: match a.get("jwtgate.io/expected-revocations") {
+            None => d.expected_revocations,
+            Some(v) => v.trim().parse::<u64>().ok().filter(|n| *n <= 1 << 32).ok_or_else(|| {
+                format!("annotation jwtgate.io/expected-revocations: {v:?} is not a record count (0 to 4294967296)")
+            })?,
+        },
         image,
         config_map,
         port: port("jwtgate.io/port", Some(d.port))?,
@@ -379,6 +392,12 @@ fn is_quantity(v: &str) -> bool {
         && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The snapshot volume: 2 × records × 32 B + 16 Mi, in whole Mi.
+fn snapshot_size_limit(records: u64) -> String {
+    const MI: u64 = 1 << 20;
+    format!("{}Mi", (2 * records * 32).div_ceil(MI) + 16)
+}
+
 /// A CPU quantity rounded up to whole CPUs, at least 1 (`50m` → 1, `1500m` → 2, `2` → 2):
 /// the runtime's thread count, instead of one per node core.
 fn whole_cpus(q: &str) -> u32 {
@@ -443,7 +462,7 @@ fn inject(mut pod: Pod, s: &Settings, d: &Defaults) -> Pod {
     volumes.push(Volume {
         name: STATE_VOLUME.into(),
         empty_dir: Some(EmptyDirVolumeSource {
-            size_limit: Some(Quantity("64Mi".into())),
+            size_limit: Some(Quantity(snapshot_size_limit(s.expected_revocations))),
             ..Default::default()
         }),
         ..Default::default()
@@ -947,5 +966,25 @@ mod tests {
             let at = args.iter().position(|a| a == "--threads").unwrap();
             assert_eq!(args[at + 1], threads, "{request}");
         }
+    }
+
+    #[test]
+    fn the_snapshot_volume_is_sized_from_the_expected_records() {
+        assert_eq!(snapshot_size_limit(0), "16Mi");
+        assert_eq!(snapshot_size_limit(1_000_000), "78Mi");
+        let mut a = up();
+        a["jwtgate.io/expected-revocations"] = "5000000".into();
+        let out = injected(a, json!({}), &Defaults::default());
+        let volumes = out.spec.unwrap().volumes.unwrap();
+        let state = volumes.iter().find(|v| v.name == STATE_VOLUME).unwrap();
+        assert_eq!(
+            state.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("322Mi".into()))
+        );
+        let mut a = up();
+        a["jwtgate.io/expected-revocations"] = "lots".into();
+        assert!(
+            matches!(decide(&pod(json!({}), a), Mode::NamespaceEnabled, &Defaults::default()), Decision::Deny(m) if m.contains("jwtgate.io/expected-revocations"))
+        );
     }
 }
