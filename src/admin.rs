@@ -88,30 +88,37 @@ pub struct Admin {
 }
 
 /// Serves the admin listener until `stop` changes (bounded like every listener: see
-/// `proxy::listener`).
+/// `proxy::listener`), over HTTPS when `tls` is given (then a plain-HTTP client gets no
+/// answer: its bytes fail the handshake).
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<Admin>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    crate::proxy::listener::serve(
-        "admin",
-        listener,
-        ConnLimits::internal(ADMIN_HEAD_TIMEOUT),
-        |tcp| async move { Ok(tcp) },
-        move |_peer| {
+    let service = move |_peer| {
+        let admin = admin.clone();
+        hyper::service::service_fn(move |req| {
             let admin = admin.clone();
-            hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.route(req).await) }
-            })
-        },
-        async move {
-            let _ = stop.changed().await;
-        },
-        std::time::Duration::from_secs(1),
-    )
-    .await;
+            async move { Ok::<_, Infallible>(admin.route(req).await) }
+        })
+    };
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    let limits = ConnLimits::internal(ADMIN_HEAD_TIMEOUT);
+    let grace = std::time::Duration::from_secs(1);
+    use crate::proxy::listener::serve;
+    match tls {
+        Some(acceptor) => {
+            let accept = move |tcp| acceptor.accept(tcp);
+            serve("admin", listener, limits, accept, service, stopped, grace).await
+        }
+        None => {
+            let accept = |tcp| async move { Ok(tcp) };
+            serve("admin", listener, limits, accept, service, stopped, grace).await
+        }
+    }
 }
 
 /// Request heads on the admin listener (probes, scrapes, pushes) are small and quick.

@@ -42,7 +42,7 @@
 //! the generation it started with, and open tunnels are decided again under the new one.
 //!
 //! Modules depend one way: the leaves (`reject`, `clock`, `jose`, `hashing`, `hop`,
-//! `path`) ← `config` ← `metrics`, `jwks`, `revocation` ← `auth` ← `policy` ← `proxy` ←
+//! `path`, `tls`) ← `config` ← `metrics`, `jwks`, `revocation` ← `auth` ← `policy` ← `proxy` ←
 //! `admin` ← `lib`
 //! (`.ci/module_cycles.py` checks there is no cycle).
 
@@ -67,6 +67,7 @@ pub mod proxy;
 pub mod reject;
 pub mod reload;
 pub mod revocation;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,6 +95,9 @@ pub enum StartError {
     Issuer(String),
     #[error("revocation.feed_url: {0}")]
     Feed(String),
+    /// The admin listener's certificate or key (the message names the key).
+    #[error("{0}")]
+    AdminTls(String),
 }
 
 /// Everything the process runs, constructed and checked, nothing bound yet.
@@ -203,12 +207,26 @@ impl App {
                 .await
                 .map_err(|source| StartError::Bind { key, addr, source })
         };
+        let server = &self.config.server;
+        let admin_tls = match (&server.admin_tls_cert, &server.admin_tls_key) {
+            (Some(cert), Some(key)) => Some(
+                tls::CertStore::open(
+                    cert,
+                    key,
+                    ("server.admin_tls_cert", "server.admin_tls_key"),
+                    &[b"http/1.1"],
+                )
+                .map_err(StartError::AdminTls)?,
+            ),
+            _ => None,
+        };
         let proxy_listener = bind("server.listen", self.config.server.listen).await?;
         let admin_listener = bind("server.admin_listen", self.config.server.admin_listen).await?;
         Ok(Listening {
             app: self,
             proxy_listener,
             admin_listener,
+            admin_tls,
         })
     }
 }
@@ -218,6 +236,8 @@ pub struct Listening {
     app: App,
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
+    /// HTTPS on the admin listener (`server.admin_tls_cert` / `admin_tls_key`).
+    admin_tls: Option<(Arc<tls::CertStore>, tokio_rustls::TlsAcceptor)>,
 }
 
 impl Listening {
@@ -248,6 +268,7 @@ impl Listening {
             app,
             proxy_listener,
             admin_listener,
+            admin_tls,
         } = self;
         tracing::info!(listen = ?proxy_listener.local_addr().ok(), admin = ?admin_listener.local_addr().ok(), "jwtgate serving");
 
@@ -261,7 +282,11 @@ impl Listening {
         if let Some(rev) = &app.revocation {
             background.extend(rev.spawn_tasks(app.poller, stop_rx.clone()));
         }
-        let admin_task = tokio::spawn(admin::serve(admin_listener, app.admin, stop_rx));
+        let admin_tls = admin_tls.map(|(store, acceptor)| {
+            background.push(tokio::spawn(store.watch("admin listener")));
+            acceptor
+        });
+        let admin_task = tokio::spawn(admin::serve(admin_listener, app.admin, stop_rx, admin_tls));
 
         let delay = app.config.server.shutdown_delay;
         let lifecycle = app.lifecycle;

@@ -47,6 +47,13 @@ enum Command {
         /// Override [server] admin_listen.
         #[arg(long)]
         admin_listen: Option<std::net::SocketAddr>,
+        /// Override [server] admin_tls_cert (with --admin-tls-key: the admin listener
+        /// speaks HTTPS; the files are re-read when they change).
+        #[arg(long)]
+        admin_tls_cert: Option<PathBuf>,
+        /// Override [server] admin_tls_key.
+        #[arg(long)]
+        admin_tls_key: Option<PathBuf>,
         /// Override [upstream] url.
         #[arg(long)]
         upstream: Option<String>,
@@ -117,16 +124,24 @@ fn main() -> ExitCode {
             config,
             listen,
             admin_listen,
+            admin_tls_cert,
+            admin_tls_key,
             upstream,
             threads,
             runtime,
             watch,
-        } => serve(
-            &config,
-            overrides(listen, admin_listen, upstream),
-            (threads, runtime),
-            watch,
-        ),
+        } => {
+            let mut o = overrides(listen, admin_listen, upstream);
+            for (key, path) in [
+                ("admin_tls_cert", admin_tls_cert),
+                ("admin_tls_key", admin_tls_key),
+            ] {
+                if let Some(p) = path {
+                    o.push(("server", key, p.display().to_string()));
+                }
+            }
+            serve(&config, o, (threads, runtime), watch)
+        }
         Command::Inject {
             listen,
             tls_cert,

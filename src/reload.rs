@@ -337,6 +337,12 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigError> {
     let (o, n) = (&old.server, &new.server);
     check("server.listen", o.listen == n.listen);
     check("server.admin_listen", o.admin_listen == n.admin_listen);
+    // The files' contents are re-read as they change; which files is fixed at start.
+    check(
+        "server.admin_tls_cert",
+        o.admin_tls_cert == n.admin_tls_cert,
+    );
+    check("server.admin_tls_key", o.admin_tls_key == n.admin_tls_key);
     check(
         "server.shutdown_delay_s",
         o.shutdown_delay == n.shutdown_delay,

@@ -315,3 +315,88 @@ async fn http2_continuation_flood_closes_the_connection() {
     assert!(closed_by_server(&mut tcp, 5).await.is_some());
     assert_eq!(h.upstream.count(), 0);
 }
+
+/// With `admin_tls_cert`/`admin_tls_key`, the admin listener speaks HTTPS only: probes,
+/// scrapes and pushes work over TLS, and a push sent in clear gets no HTTP answer and
+/// changes nothing (the push token never crosses the network readable).
+#[tokio::test]
+async fn the_admin_listener_speaks_https_only_when_given_a_certificate() {
+    let dir = TempDir::new();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.0.join("admin.crt"), dir.0.join("admin.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let key_pair = DevKey::p256("k");
+    let h = Harness::start_with(
+        jwks_of(&[(&key_pair, None)]),
+        Options {
+            server_extra: format!(
+                "admin_tls_cert = \"{}\"\nadmin_tls_key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+            extra: format!(
+                "[revocation]\npush_token = \"{PUSH_TOKEN}\"\nmax_token_lifetime_s = 3600\n"
+            ),
+            wait_ready: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let tls = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let admin = format!("https://localhost:{}", h.admin.port());
+    let ready = h
+        .eventually(10, || async {
+            tls.get(format!("{admin}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    assert!(ready, "readyz over HTTPS");
+    let push = |client: reqwest::Client, base: String, jti: &'static str| async move {
+        client
+            .post(format!("{base}/revocations"))
+            .bearer_auth(PUSH_TOKEN)
+            .json(&serde_json::json!({"revocations": [{"kind": "jti", "jti": jti, "exp": now() + 600}]}))
+            .send()
+            .await
+    };
+    let held = || async {
+        let text = tls
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("jwtgate_revocations{kind=\"jti\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    assert_eq!(
+        push(tls.clone(), admin.clone(), "over-tls")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(held().await.as_deref(), Some("1"));
+    // In clear: no HTTP answer at all, and nothing applied.
+    let clear = push(
+        reqwest::Client::new(),
+        format!("http://127.0.0.1:{}", h.admin.port()),
+        "in-clear",
+    )
+    .await;
+    assert!(
+        clear.as_ref().map_or(true, |r| !r.status().is_success()),
+        "a push in clear was answered: {clear:?}"
+    );
+    assert_eq!(held().await.as_deref(), Some("1"));
+}

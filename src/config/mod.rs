@@ -107,6 +107,10 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// HTTPS on the admin listener: certificate and key PEM files (both or neither),
+    /// re-read when they change.
+    pub admin_tls_cert: Option<std::path::PathBuf>,
+    pub admin_tls_key: Option<std::path::PathBuf>,
     #[serde(serialize_with = "ser_secs")]
     pub shutdown_delay: Duration,
     #[serde(serialize_with = "ser_secs")]
@@ -726,6 +730,30 @@ audiences = ["api://orders"]
         assert_eq!(c.limits.max_token_bytes, 8192);
         assert_eq!(c.cache.max_entries, 100_000);
         assert_eq!(c.forward.claims_header.as_str(), "x-jwt-payload");
+    }
+
+    #[test]
+    fn admin_tls_needs_both_files_and_names_the_missing_one() {
+        for (line, missing) in [
+            ("admin_tls_cert = \"/tls/tls.crt\"", "server.admin_tls_key"),
+            ("admin_tls_key = \"/tls/tls.key\"", "server.admin_tls_cert"),
+        ] {
+            let text = format!("[server]\n{line}\n{MINIMAL}");
+            let keys = keys_of(Config::from_toml_str(&text, &no_env).unwrap_err());
+            assert_eq!(keys, [missing.to_owned()], "{line}");
+        }
+        let both = format!(
+            "[server]\nadmin_tls_cert = \"/tls/tls.crt\"\nadmin_tls_key = \"/tls/tls.key\"\n{MINIMAL}"
+        );
+        let c = Config::from_toml_str(&both, &no_env).unwrap();
+        assert_eq!(
+            c.server.admin_tls_key.as_deref(),
+            Some(std::path::Path::new("/tls/tls.key"))
+        );
+        assert!(
+            c.to_effective_toml()
+                .contains("admin_tls_cert = \"/tls/tls.crt\"")
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ use super::Problems;
 pub(super) struct RawServer {
     pub(super) listen: Option<String>,
     pub(super) admin_listen: Option<String>,
+    pub(super) admin_tls_cert: Option<String>,
+    pub(super) admin_tls_key: Option<String>,
     pub(super) shutdown_delay_s: Option<u64>,
     pub(super) drain_timeout_s: Option<u64>,
     pub(super) trusted_proxies: Option<Vec<String>>,

@@ -32,10 +32,37 @@ pub(super) fn addr(
     }
 }
 
+/// `server.admin_tls_<which>`, which needs its partner.
+fn admin_tls_file(
+    this: &Option<String>,
+    partner: &Option<String>,
+    which: &str,
+    p: &mut Problems,
+) -> Option<std::path::PathBuf> {
+    let other = if which == "cert" { "key" } else { "cert" };
+    match (this, partner) {
+        (Some(path), Some(_)) if !path.trim().is_empty() => Some(path.into()),
+        (Some(_), Some(_)) => {
+            p.push(format!("server.admin_tls_{which}"), "must not be empty");
+            None
+        }
+        (Some(_), None) => {
+            p.push(
+                format!("server.admin_tls_{other}"),
+                format!("required with server.admin_tls_{which}"),
+            );
+            None
+        }
+        (None, _) => None,
+    }
+}
+
 pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig {
     ServerConfig {
         listen: addr("server.listen", raw.listen, "0.0.0.0:8080", p),
         admin_listen: addr("server.admin_listen", raw.admin_listen, "127.0.0.1:9901", p),
+        admin_tls_cert: admin_tls_file(&raw.admin_tls_cert, &raw.admin_tls_key, "cert", p),
+        admin_tls_key: admin_tls_file(&raw.admin_tls_key, &raw.admin_tls_cert, "key", p),
         shutdown_delay: Duration::from_secs(raw.shutdown_delay_s.unwrap_or(5)),
         drain_timeout: Duration::from_secs(raw.drain_timeout_s.unwrap_or(30)),
         trusted_proxies: raw

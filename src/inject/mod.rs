@@ -14,9 +14,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -24,10 +23,6 @@ use hyper::body::Incoming;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 
 use crate::config::{ConfigError, ConfigErrors};
@@ -35,8 +30,6 @@ pub use patch::{Decision, Defaults, Mode};
 
 /// Largest AdmissionReview accepted.
 const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
-/// How often the certificate files are checked for changes.
-const CERT_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Reads injector defaults (TOML; unknown keys are errors naming the key).
 pub fn load_defaults(path: &Path) -> Result<Defaults, ConfigErrors> {
@@ -174,56 +167,6 @@ pub fn review(body: &[u8], mode: Mode, defaults: &Defaults) -> AdmissionReview<D
     }
 }
 
-/// The serving certificate, swapped when its files change.
-struct CertStore {
-    cert: PathBuf,
-    key: PathBuf,
-    current: ArcSwap<CertifiedKey>,
-}
-
-impl std::fmt::Debug for CertStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertStore")
-            .field("cert", &self.cert)
-            .finish()
-    }
-}
-
-impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
-    }
-}
-
-fn load_certified(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("--tls-cert {}: no certificate", cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| format!("--tls-key: {e}"))?;
-    let pair = CertifiedKey::new(certs, signing);
-    // A rotation caught between its two files (new key, old certificate) is no pair: every
-    // handshake with it would fail. The caller keeps the old pair and looks again.
-    pair.keys_match().map_err(|e| {
-        format!("--tls-cert and --tls-key do not belong together (a rotation half-written?): {e}")
-    })?;
-    Ok(pair)
-}
-
-fn mtimes(a: &Path, b: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
-    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    (m(a), m(b))
-}
-
 /// Serves the webhook until `shutdown` resolves. Fails at once if the certificate cannot be
 /// loaded.
 pub async fn serve(
@@ -233,43 +176,13 @@ pub async fn serve(
     defaults: Defaults,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let store = Arc::new(CertStore {
-        current: ArcSwap::from_pointee(load_certified(&cert, &key)?),
-        cert,
-        key,
-    });
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_cert_resolver(store.clone());
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-
-    let reload = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut seen = mtimes(&store.cert, &store.key);
-            loop {
-                tokio::time::sleep(CERT_CHECK_EVERY).await;
-                let now = mtimes(&store.cert, &store.key);
-                if now == seen {
-                    continue;
-                }
-                match load_certified(&store.cert, &store.key) {
-                    Ok(ck) => {
-                        store.current.store(Arc::new(ck));
-                        seen = now;
-                        tracing::info!("webhook certificate reloaded");
-                    }
-                    // A half-written rotation: keep the old pair, try again next round.
-                    Err(e) => tracing::warn!(error = %e, "certificate change not loaded yet"),
-                }
-            }
-        })
-    };
+    let (store, acceptor) = crate::tls::CertStore::open(
+        &cert,
+        &key,
+        ("--tls-cert", "--tls-key"),
+        &[b"h2", b"http/1.1"],
+    )?;
+    let reload = tokio::spawn(store.watch("webhook"));
 
     let defaults = Arc::new(defaults);
     tracing::info!(listen = ?listener.local_addr().ok(), "jwtgate inject serving");

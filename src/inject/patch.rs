@@ -37,6 +37,8 @@ pub const SIDECAR_LABEL: &str = "jwtgate.io/sidecar";
 pub const CONTAINER: &str = "jwtgate";
 const CONFIG_VOLUME: &str = "jwtgate-config";
 const STATE_VOLUME: &str = "jwtgate-state";
+const ADMIN_TLS_VOLUME: &str = "jwtgate-admin-tls";
+const ADMIN_TLS_DIR: &str = "/etc/jwtgate/admin-tls";
 const CONFIG_DIR: &str = "/etc/jwtgate";
 const STATE_DIR: &str = "/var/lib/jwtgate";
 
@@ -86,6 +88,11 @@ pub struct Defaults {
     /// 2 × records × 32 B + 16 Mi (two snapshots, the file and its temp copy, at a generous
     /// 32 B a record; the file takes 12).
     pub expected_revocations: u64,
+    /// A `kubernetes.io/tls` Secret (e.g. from cert-manager) for HTTPS on the admin port
+    /// (annotation `jwtgate.io/admin-tls-secret`): mounted, passed as `--admin-tls-cert` /
+    /// `--admin-tls-key`, and the probes and scrape annotations switched to HTTPS. Push
+    /// tokens then never cross the pod network in clear.
+    pub admin_tls_secret: Option<String>,
 }
 
 impl Default for Defaults {
@@ -108,6 +115,7 @@ impl Default for Defaults {
             drain_timeout_s: 30,
             app_prestop: "sleep".into(),
             expected_revocations: 1_000_000,
+            admin_tls_secret: None,
         }
     }
 }
@@ -144,6 +152,7 @@ struct Settings {
     /// `--threads`: the CPU request rounded up, at least 1.
     threads: u32,
     expected_revocations: u64,
+    admin_tls_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -293,12 +302,8 @@ fn settings(a: &BTreeMap<String, String>, d: &Defaults) -> Result<Settings, Stri
         env_from_secrets: names(a, "jwtgate.io/env-from-secret", &d.env_from_secrets)?,
         env_from_config_maps: names(a, "jwtgate.io/env-from-configmap", &d.env_from_config_maps)?,
         app_prestop: app_prestop(a, d)?,
-        expected_revocations: match a.get("jwtgate.io/expected-revocations") {
-            None => d.expected_revocations,
-            Some(v) => v.trim().parse::<u64>().ok().filter(|n| *n <= 1 << 32).ok_or_else(|| {
-                format!("annotation jwtgate.io/expected-revocations: {v:?} is not a record count (0 to 4294967296)")
-            })?,
-        },
+        admin_tls_secret: admin_tls_secret(a, d)?,
+        expected_revocations: expected_revocations(a, d)?,
         image,
         config_map,
         port: port("jwtgate.io/port", Some(d.port))?,
@@ -331,6 +336,27 @@ fn names(
         }
     }
     Ok(all)
+}
+
+fn admin_tls_secret(a: &BTreeMap<String, String>, d: &Defaults) -> Result<Option<String>, String> {
+    match a.get("jwtgate.io/admin-tls-secret").map(|v| v.trim()) {
+        None => Ok(d.admin_tls_secret.clone()),
+        Some(v) if is_dns_label(v) => Ok(Some(v.to_owned())),
+        Some(v) => Err(format!(
+            "annotation jwtgate.io/admin-tls-secret: {v:?} is not a Secret name (DNS-1123 subdomain)"
+        )),
+    }
+}
+
+fn expected_revocations(a: &BTreeMap<String, String>, d: &Defaults) -> Result<u64, String> {
+    match a.get("jwtgate.io/expected-revocations") {
+        None => Ok(d.expected_revocations),
+        Some(v) => v.trim().parse::<u64>().ok().filter(|n| *n <= 1 << 32).ok_or_else(|| {
+            format!(
+                "annotation jwtgate.io/expected-revocations: {v:?} is not a record count (0 to 4294967296)"
+            )
+        }),
+    }
 }
 
 fn app_prestop(a: &BTreeMap<String, String>, d: &Defaults) -> Result<AppPreStop, String> {
@@ -433,6 +459,9 @@ fn inject(mut pod: Pod, s: &Settings, d: &Defaults) -> Pod {
         annotations.insert("prometheus.io/scrape".into(), "true".into());
         annotations.insert("prometheus.io/port".into(), s.admin_port.to_string());
         annotations.insert("prometheus.io/path".into(), "/metrics".into());
+        if s.admin_tls_secret.is_some() {
+            annotations.insert("prometheus.io/scheme".into(), "https".into());
+        }
     }
     let spec = pod.spec.get_or_insert_with(Default::default);
     // Stop order: jwtgate keeps serving for shutdown_delay_s while endpoints drop the pod,
@@ -459,6 +488,16 @@ fn inject(mut pod: Pod, s: &Settings, d: &Defaults) -> Pod {
         }),
         ..Default::default()
     });
+    if let Some(secret) = &s.admin_tls_secret {
+        volumes.push(Volume {
+            name: ADMIN_TLS_VOLUME.into(),
+            secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     volumes.push(Volume {
         name: STATE_VOLUME.into(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -515,6 +554,7 @@ fn sidecar(s: &Settings, d: &Defaults) -> Container {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("jwtgate-admin".into()),
+            scheme: s.admin_tls_secret.as_ref().map(|_| "HTTPS".into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -532,26 +572,56 @@ fn sidecar(s: &Settings, d: &Defaults) -> Container {
     if let Some(m) = &s.memory_limit {
         limits.insert("memory".to_owned(), Quantity(m.clone()));
     }
+    let mut mounts = vec![
+        VolumeMount {
+            name: CONFIG_VOLUME.into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: STATE_VOLUME.into(),
+            mount_path: STATE_DIR.into(),
+            ..Default::default()
+        },
+    ];
+    let mut admin_tls_args = Vec::new();
+    if s.admin_tls_secret.is_some() {
+        mounts.push(VolumeMount {
+            name: ADMIN_TLS_VOLUME.into(),
+            mount_path: ADMIN_TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        admin_tls_args = vec![
+            "--admin-tls-cert".to_owned(),
+            format!("{ADMIN_TLS_DIR}/tls.crt"),
+            "--admin-tls-key".to_owned(),
+            format!("{ADMIN_TLS_DIR}/tls.key"),
+        ];
+    }
+    let mut args = vec![
+        "serve".into(),
+        "--config".into(),
+        format!("{CONFIG_DIR}/jwtgate.toml"),
+        "--listen".into(),
+        format!("0.0.0.0:{}", s.port),
+        "--admin-listen".into(),
+        format!("0.0.0.0:{}", s.admin_port),
+        "--upstream".into(),
+        format!("http://127.0.0.1:{}", s.upstream_port),
+        // A ConfigMap edit reaches the running sidecar (the kubelet swaps the mounted
+        // file's symlink; the content hash sees it).
+        "--watch".into(),
+        // Threads from the CPU request, not one per node core.
+        "--threads".into(),
+        s.threads.to_string(),
+    ];
+    args.extend(admin_tls_args);
     Container {
         name: CONTAINER.into(),
         image: Some(s.image.clone()),
-        args: Some(vec![
-            "serve".into(),
-            "--config".into(),
-            format!("{CONFIG_DIR}/jwtgate.toml"),
-            "--listen".into(),
-            format!("0.0.0.0:{}", s.port),
-            "--admin-listen".into(),
-            format!("0.0.0.0:{}", s.admin_port),
-            "--upstream".into(),
-            format!("http://127.0.0.1:{}", s.upstream_port),
-            // A ConfigMap edit reaches the running sidecar (the kubelet swaps the mounted
-            // file's symlink; the content hash sees it).
-            "--watch".into(),
-            // Threads from the CPU request, not one per node core.
-            "--threads".into(),
-            s.threads.to_string(),
-        ]),
+        args: Some(args),
         ports: Some(vec![
             ContainerPort {
                 name: Some("jwtgate".into()),
@@ -603,19 +673,7 @@ fn sidecar(s: &Settings, d: &Defaults) -> Container {
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: CONFIG_VOLUME.into(),
-                mount_path: CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: STATE_VOLUME.into(),
-                mount_path: STATE_DIR.into(),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         ..Default::default()
     }
 }
@@ -985,6 +1043,63 @@ mod tests {
         a["jwtgate.io/expected-revocations"] = "lots".into();
         assert!(
             matches!(decide(&pod(json!({}), a), Mode::NamespaceEnabled, &Defaults::default()), Decision::Deny(m) if m.contains("jwtgate.io/expected-revocations"))
+        );
+    }
+
+    #[test]
+    fn admin_tls_mounts_the_secret_and_switches_probes_and_scrapes_to_https() {
+        let mut a = up();
+        a["jwtgate.io/admin-tls-secret"] = "gw-admin-tls".into();
+        let out = injected(a, json!({}), &Defaults::default());
+        let c = container(&out, CONTAINER);
+        let args = c.args.clone().unwrap().join(" ");
+        assert!(
+            args.contains("--admin-tls-cert /etc/jwtgate/admin-tls/tls.crt"),
+            "{args}"
+        );
+        assert!(
+            args.contains("--admin-tls-key /etc/jwtgate/admin-tls/tls.key"),
+            "{args}"
+        );
+        for probe in [&c.readiness_probe, &c.liveness_probe] {
+            let get = probe.clone().unwrap().http_get.unwrap();
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        }
+        assert!(
+            c.volume_mounts
+                .clone()
+                .unwrap()
+                .iter()
+                .any(|m| m.name == ADMIN_TLS_VOLUME && m.read_only == Some(true))
+        );
+        let spec = out.spec.clone().unwrap();
+        let v = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == ADMIN_TLS_VOLUME)
+            .unwrap();
+        assert_eq!(
+            v.secret.unwrap().secret_name.as_deref(),
+            Some("gw-admin-tls")
+        );
+        assert_eq!(
+            out.metadata.annotations.unwrap()["prometheus.io/scheme"],
+            "https"
+        );
+        // Without it: plain HTTP probes (no scheme), no mount.
+        let plain = injected(up(), json!({}), &Defaults::default());
+        let c = container(&plain, CONTAINER);
+        assert_eq!(
+            c.readiness_probe.clone().unwrap().http_get.unwrap().scheme,
+            None
+        );
+        assert!(
+            !c.args
+                .clone()
+                .unwrap()
+                .iter()
+                .any(|a| a.starts_with("--admin-tls"))
         );
     }
 }
