@@ -234,8 +234,80 @@ def metric_names():
 
 check("alerts and dashboard use only metrics jwtgate defines", metric_names)
 
+def documented_secret_keys():
+    """Secret name → keys, from the README's `kubectl create secret generic` steps."""
+    readme = (ROOT.parent / "README.md").read_text()
+    keys = {}
+    for cmd in re.findall(r"create secret generic ([a-z0-9-]+)((?:\\\n|[^\n])*)", readme):
+        keys.setdefault(cmd[0], set()).update(re.findall(r"--from-literal=([A-Za-z0-9_.-]+)=", cmd[1]))
+    return keys
+
+
+def provided_env(container, secret_keys):
+    """Variable names a container's env gives, and what is missing for a reference."""
+    names, missing = set(), []
+    for e in container.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["key"] not in secret_keys.get(ref["name"], set()):
+            missing.append(f"{e['name']}: key {ref['key']} of Secret {ref['name']} is not documented")
+        names.add(e["name"])
+    for src in container.get("envFrom", []):
+        ref = src.get("secretRef")
+        if ref:
+            names.update(secret_keys.get(ref["name"], set()))
+    return names, missing
+
+
+def example_env(binary):
+    # Every ${VAR} of the example jwtgate.toml must reach the sidecar: in the hand-written
+    # example, and in a pod the real injector (dry run, the shipped injector config, the
+    # annotations the README gives) patches; each from a Secret key a README step creates.
+    def run():
+        toml = one("ConfigMap", "jwtgate")["data"]["jwtgate.toml"]
+        needed = set(re.findall(r"\$\{([A-Z0-9_]+)\}", toml))
+        assert needed, "the example config references no variable: this check would prove nothing"
+        keys = documented_secret_keys()
+        dep = one("Deployment", "gateway")
+        template = dep["spec"]["template"]
+        jg = [c for c in template["spec"]["containers"] if c["name"] == "jwtgate"][0]
+        names, missing = provided_env(jg, keys)
+        assert not missing, missing
+        assert needed <= names, f"hand-written example lacks {sorted(needed - names)}"
+
+        inject_toml = one("ConfigMap", "jwtgate-injector")["data"]["inject.toml"]
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               # The hand-written example opts out of injection; the injected one must not.
+               "metadata": {"name": "gw",
+                            "labels": {k: v for k, v in template["metadata"]["labels"].items()
+                                       if not k.startswith("jwtgate.io/")},
+                            "annotations": {"jwtgate.io/upstream-port": "8081",
+                                            "jwtgate.io/env-from-secret": "jwtgate-env"}},
+               "spec": {**template["spec"],
+                        "containers": [c for c in template["spec"]["containers"] if c["name"] != "jwtgate"],
+                        "volumes": [v for v in template["spec"].get("volumes", [])
+                                    if not v["name"].startswith("jwtgate")]}}
+        cfg = ROOT / ".inject-dry-run.toml"
+        cfg.write_text(inject_toml)
+        try:
+            out = subprocess.run([binary, "inject", "--config", str(cfg), "--dry-run", "-"],
+                                 input=json.dumps(pod), capture_output=True, text=True)
+        finally:
+            cfg.unlink()
+        assert out.returncode == 0, out.stderr
+        patched = json.loads(out.stdout)
+        sidecar = [c for c in patched["spec"]["containers"] if c["name"] == "jwtgate"]
+        assert sidecar, f"not injected: {out.stderr}"
+        sidecar = sidecar[0]
+        names, missing = provided_env(sidecar, keys)
+        assert not missing, missing
+        assert needed <= names, f"an injected pod lacks {sorted(needed - names)}"
+    return run
+
+
 if len(sys.argv) > 1:
     check("example ConfigMap passes `jwtgate check`", example_config(sys.argv[1]))
+    check("every ${VAR} of the example config reaches the sidecar, hand-written and injected",
+          example_env(sys.argv[1]))
 else:
     results.append(("example ConfigMap passes `jwtgate check`", "no jwtgate binary given"))
 

@@ -81,14 +81,19 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8443")]
         listen: std::net::SocketAddr,
         /// PEM certificate chain (re-read when the file changes).
-        #[arg(long)]
-        tls_cert: PathBuf,
+        #[arg(long, required_unless_present = "dry_run")]
+        tls_cert: Option<PathBuf>,
         /// PEM private key (re-read when the file changes).
-        #[arg(long)]
-        tls_key: PathBuf,
+        #[arg(long, required_unless_present = "dry_run")]
+        tls_key: Option<PathBuf>,
         /// Injector defaults (TOML: image, ports, resources, native_sidecar, …).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Serve nothing: print what the webhook would make of this Pod (JSON file, `-` for
+        /// stdin) in a namespace labelled jwtgate.io/inject=enabled: the patched Pod on
+        /// stdout (exit 0), or the refusal on stderr (exit 1).
+        #[arg(long, value_name = "POD_JSON")]
+        dry_run: Option<PathBuf>,
     },
     /// Explain, check by check, why a token (read from stdin, never argv) would be accepted
     /// or refused: exit 0 accepted, 1 rejected, 64 bad config, 65 no token on stdin.
@@ -147,7 +152,13 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             config,
-        } => inject(listen, tls_cert, tls_key, config),
+            dry_run,
+        } => match (dry_run, tls_cert, tls_key) {
+            (Some(pod), _, _) => inject_dry_run(&pod, config),
+            (None, Some(cert), Some(key)) => inject(listen, cert, key, config),
+            // clap requires both without --dry-run.
+            _ => ExitCode::from(EXIT_CONFIG),
+        },
         Command::Inspect {
             config,
             method,
@@ -305,19 +316,63 @@ fn inspect(config: &std::path::Path, method: &str, path: &str, json: bool) -> Ex
 }
 
 /// `jwtgate inject`: the admission webhook.
+fn inject_defaults(config: Option<PathBuf>) -> Result<jwtgate::inject::Defaults, ExitCode> {
+    match config.as_deref().map(jwtgate::inject::load_defaults) {
+        None => Ok(jwtgate::inject::Defaults::default()),
+        Some(Ok(d)) => Ok(d),
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// `jwtgate inject --dry-run POD_JSON`: the webhook's decision for one Pod, offline.
+fn inject_dry_run(pod: &std::path::Path, config: Option<PathBuf>) -> ExitCode {
+    let defaults = match inject_defaults(config) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let text = if pod.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(pod)
+    };
+    let parsed = text
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()));
+    let value = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("--dry-run {}: not a Pod as JSON: {e}", pod.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match jwtgate::inject::dry_run(&value, &defaults) {
+        Ok((patched, skipped)) => {
+            if let Some(why) = skipped {
+                eprintln!("not injected: {why}");
+            }
+            println!("{patched:#}");
+            ExitCode::SUCCESS
+        }
+        Err(refusal) => {
+            eprintln!("{refusal}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn inject(
     listen: std::net::SocketAddr,
     tls_cert: PathBuf,
     tls_key: PathBuf,
     config: Option<PathBuf>,
 ) -> ExitCode {
-    let defaults = match config.as_deref().map(jwtgate::inject::load_defaults) {
-        None => jwtgate::inject::Defaults::default(),
-        Some(Ok(d)) => d,
-        Some(Err(e)) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    let defaults = match inject_defaults(config) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     for (flag, path) in [("--tls-cert", &tls_cert), ("--tls-key", &tls_key)] {
         if let Err(e) = std::fs::metadata(path) {

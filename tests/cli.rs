@@ -423,3 +423,50 @@ snapshot_path = "/nonexistent-jwtgate-dir/revocations.snapshot"
     // `check` validates the file, not the host it may run on.
     check_ok(&cfg.0);
 }
+
+/// `jwtgate inject --dry-run`: the webhook's decision offline — the patched pod on stdout,
+/// a refusal (naming the annotation) on stderr with exit 1, unreadable input exit 64.
+#[test]
+fn inject_dry_run_prints_the_patched_pod_or_the_refusal() {
+    let run = |pod: &str| {
+        let mut child = bin()
+            .args(["inject", "--dry-run", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), pod.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let pod = |annotations: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"gw","annotations":{annotations}}},
+               "spec":{{"containers":[{{"name":"app","image":"gw","ports":[{{"containerPort":8081}}]}}]}}}}"#
+        )
+    };
+    let out = run(&pod(r#"{"jwtgate.io/upstream-port":"8081"}"#));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let patched: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = patched["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["app", "jwtgate"]);
+
+    let out = run(&pod(
+        r#"{"jwtgate.io/upstream-port":"8081","jwtgate.io/app-prestop":"later"}"#,
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jwtgate.io/app-prestop"));
+    assert!(out.stdout.is_empty());
+
+    let out = run("not json");
+    assert_eq!(out.status.code(), Some(64));
+}

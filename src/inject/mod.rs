@@ -87,6 +87,25 @@ pub fn load_defaults(path: &Path) -> Result<Defaults, ConfigErrors> {
     }
 }
 
+/// What the webhook would make of `pod` in a namespace labelled
+/// `jwtgate.io/inject=enabled`: the pod as patched (unchanged, with the reason, when
+/// skipped), or the refusal.
+pub fn dry_run(
+    pod: &serde_json::Value,
+    defaults: &Defaults,
+) -> Result<(serde_json::Value, Option<&'static str>), String> {
+    let parsed: Pod = serde_json::from_value(pod.clone()).map_err(|e| format!("not a Pod: {e}"))?;
+    let mut out = pod.clone();
+    match patch::decide(&parsed, Mode::NamespaceEnabled, defaults) {
+        Decision::Skip(why) => Ok((out, Some(why))),
+        Decision::Patch(p) | Decision::Marked(p) => {
+            json_patch::patch(&mut out, &p).map_err(|e| format!("patch did not apply: {e}"))?;
+            Ok((out, None))
+        }
+        Decision::Deny(message) => Err(format!("refused: {message}")),
+    }
+}
+
 /// The answer to one AdmissionReview body, arriving on `mode`'s path.
 pub fn review(body: &[u8], mode: Mode, defaults: &Defaults) -> AdmissionReview<DynamicObject> {
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {

@@ -105,7 +105,7 @@ impl Default for Defaults {
             upstream_port: None,
             cpu_request: "50m".into(),
             cpu_limit: None,
-            memory_request: "32Mi".into(),
+            memory_request: "80Mi".into(),
             memory_limit: Some("128Mi".into()),
             native_sidecar: false,
             push_token_secret: "jwtgate-push".into(),
