@@ -189,13 +189,18 @@ def example_config(binary):
 
 
 def monitoring():
-    pm = one("PodMonitor")
+    pm = one("PodMonitor", "jwtgate")
     assert pm["apiVersion"] == "monitoring.coreos.com/v1"
     endpoints = pm["spec"]["podMetricsEndpoints"]
     assert endpoints and all(e["port"] == "jwtgate-admin" and e["path"] == "/metrics" for e in endpoints)
     key = pm["spec"]["selector"]["matchExpressions"][0]["key"]
     gw = one("Deployment", "gateway")
     assert key in gw["spec"]["template"]["metadata"]["labels"], "the PodMonitor must select the example pods"
+    # HTTPS admin listeners: a second PodMonitor, and the two never select the same pod.
+    tls = one("PodMonitor", "jwtgate-https")
+    assert all(e.get("scheme") == "https" and e["tlsConfig"]["ca"] for e in tls["spec"]["podMetricsEndpoints"])
+    assert tls["spec"]["selector"]["matchLabels"] == {"jwtgate.io/admin-scheme": "https"}
+    assert {"key": "jwtgate.io/admin-scheme", "operator": "DoesNotExist"} in pm["spec"]["selector"]["matchExpressions"]
     pr = one("PrometheusRule")
     assert pr["apiVersion"] == "monitoring.coreos.com/v1"
     plain = yaml.safe_load((ROOT / "monitoring" / "jwtgate-rules.yml").read_text())

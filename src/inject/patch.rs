@@ -451,6 +451,13 @@ fn inject(mut pod: Pod, s: &Settings, d: &Defaults) -> Pod {
         .labels
         .get_or_insert_with(BTreeMap::new)
         .insert(SIDECAR_LABEL.into(), "injected".into());
+    if s.admin_tls_secret.is_some() {
+        // The HTTPS PodMonitor (deploy/monitoring) selects these; the plain one skips them.
+        pod.metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert("jwtgate.io/admin-scheme".into(), "https".into());
+    }
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(STATUS.into(), "injected".into());
     // The PodMonitor finds jwtgate by its label. Annotation-based scraping gets jwtgate's
