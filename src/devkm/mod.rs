@@ -202,8 +202,31 @@ scopes_all = ["orders:write"]
     let grab = |var: &str, field: &str| {
         format!(r#"{var}=$(printf '%s' "$PAIR" | sed -n 's/.*"{field}":"\([^"]*\)".*/\1/p')"#)
     };
-    println!(
-        r#"jwtgate dev: proxy on {api}, admin on http://{admin}
+    // The walkthrough is printed once jwtgate is ready (its key set fetched): a curl pasted
+    // at once must get the answer printed, not a 503 from a proxy still fetching keys.
+    let walkthrough = async move {
+        // Loopback only: never through an http_proxy from the environment.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        let ready_url = format!("http://{admin}/readyz");
+        let mut ready = false;
+        for _ in 0..100 {
+            let answer = http.get(&ready_url).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if !ready {
+            eprintln!(
+                "jwtgate dev: not ready after 10 s (see {ready_url}); the walkthrough may answer 503"
+            );
+        }
+        println!(
+            r#"jwtgate dev: proxy on {api}, admin on http://{admin}
   reference key manager {km} (JWKS {km}/oauth2/jwks, feed {km}/revocations), echo upstream http://{upstream_addr}
 
 Two tokens valid for 15 minutes (RS256, sub=alice, aud=api://dev), scope orders:read,
@@ -259,10 +282,11 @@ Revocation without token persistence (the key manager stores no token, only revo
   curl -s -u dev-client:dev-secret -d grant_type=refresh_token -d refresh_token=$RT $KM/oauth2/token   # invalid_grant
 
 Ctrl-C stops it."#,
-        at = grab("AT", "access_token"),
-        rt = grab("RT", "refresh_token"),
-    );
-    app.run(shutdown).await;
+            at = grab("AT", "access_token"),
+            rt = grab("RT", "refresh_token"),
+        );
+    };
+    tokio::join!(app.run(shutdown), walkthrough);
     Ok(())
 }
 
