@@ -118,3 +118,20 @@ CFG
   haproxy_pid=$!
   sleep 0.5
 }
+
+# fill_cache PEERS_DIR PORT N: N distinct valid ES256 tokens, each sent once to jwtgate on
+# PORT (every one a cache miss that is verified and kept). Needs the harness's .venv (PyJWT).
+fill_cache() {
+  "$1/.venv/bin/python" - "$1/state/keys/es256.key.pem" "$3" "$2" <<'PY'
+import http.client, sys, time, jwt
+key = open(sys.argv[1]).read(); n = int(sys.argv[2]); now = int(time.time())
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[3]))
+for i in range(n):
+    t = jwt.encode({"iss": "https://issuer.bench.local", "aud": "bench-api", "sub": f"user-{i}",
+                    "iat": now, "exp": now + 3600, "jti": f"cache-{i}", "scope": "orders:read"},
+                   key, algorithm="ES256", headers={"kid": "bench-es256-1"})
+    conn.request("GET", "/", headers={"Authorization": f"Bearer {t}"})
+    r = conn.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+}

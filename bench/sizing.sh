@@ -21,18 +21,7 @@ for cache in ${CACHES:-10000 100000}; do
   pid=$(eval echo "\$jwtgate_pid_c$cache")
   sleep 1
   stage "$cache" 0 idle "$pid"
-  "$peers/.venv/bin/python" - "$state/keys/es256.key.pem" "$cache" "$port" <<'PY'
-import http.client, sys, time, jwt
-key = open(sys.argv[1]).read(); n = int(sys.argv[2]); now = int(time.time())
-conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[3]))
-for i in range(n):
-    t = jwt.encode({"iss": "https://issuer.bench.local", "aud": "bench-api", "sub": f"user-{i}",
-                    "iat": now, "exp": now + 3600, "jti": f"cache-{i}", "scope": "orders:read"},
-                   key, algorithm="ES256", headers={"kid": "bench-es256-1"})
-    conn.request("GET", "/", headers={"Authorization": f"Bearer {t}"})
-    r = conn.getresponse(); r.read()
-    assert r.status == 200, r.status
-PY
+  fill_cache "$peers" "$port" "$cache"
   stage "$cache" 0 cache-full "$pid"
   done_records=0
   for total in ${REVOCATIONS:-1000000 5000000}; do

@@ -13,18 +13,7 @@ start_upstream 18680
 start_jwtgate cache 18681 18691 18680
 jg=$jwtgate_pid_cache
 echo "idle RSS: $(awk '/VmRSS/ {print $2}' /proc/$jg/status) kB"
-"$peers/.venv/bin/python" - "$state/keys/es256.key.pem" "$n" <<'PY'
-import http.client, sys, time, jwt
-key = open(sys.argv[1]).read(); n = int(sys.argv[2]); now = int(time.time())
-conn = http.client.HTTPConnection("127.0.0.1", 18681)
-for i in range(n):
-    t = jwt.encode({"iss": "https://issuer.bench.local", "aud": "bench-api", "sub": f"user-{i}",
-                    "iat": now, "exp": now + 3600, "jti": f"cache-{i}", "scope": "orders:read"},
-                   key, algorithm="ES256", headers={"kid": "bench-es256-1"})
-    conn.request("GET", "/", headers={"Authorization": f"Bearer {t}"})
-    r = conn.getresponse(); r.read()
-    assert r.status == 200, r.status
-PY
+fill_cache "$peers" 18681 "$n"
 curl -s http://127.0.0.1:18691/metrics | grep -E '^jwtgate_token_cache_(hits|misses)_total'
 echo "RSS with $n cached tokens: $(awk '/VmRSS/ {print $2}' /proc/$jg/status) kB"
 token="$(cat "$state/tokens/valid-es256.jwt")"

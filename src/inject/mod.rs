@@ -156,22 +156,19 @@ pub fn review(body: &[u8], mode: Mode, defaults: &Defaults) -> AdmissionReview<D
         .or_else(|| pod.metadata.generate_name.clone())
         .unwrap_or_default();
     let namespace = request.namespace.clone().unwrap_or_default();
-    match patch::decide(&pod, mode, defaults) {
+    let decision = patch::decide(&pod, mode, defaults);
+    let patched = if matches!(decision, Decision::Marked(_)) {
+        "not injected: jwtgate cannot serve this pod (see its jwtgate.io/skip-reason)"
+    } else {
+        "sidecar injected"
+    };
+    match decision {
         Decision::Skip(why) => {
             tracing::debug!(%namespace, pod = %name, why, "not injected");
             response.into_review()
         }
-        Decision::Patch(p) => {
-            tracing::info!(%namespace, pod = %name, "sidecar injected");
-            match response.clone().with_patch(p) {
-                Ok(r) => r.into_review(),
-                Err(e) => response
-                    .deny(format!("jwtgate: patch could not be encoded ({e})"))
-                    .into_review(),
-            }
-        }
-        Decision::Marked(p) => {
-            tracing::info!(%namespace, pod = %name, "not injected: jwtgate cannot serve this pod (see its jwtgate.io/skip-reason)");
+        Decision::Patch(p) | Decision::Marked(p) => {
+            tracing::info!(%namespace, pod = %name, "{patched}");
             match response.clone().with_patch(p) {
                 Ok(r) => r.into_review(),
                 Err(e) => response
