@@ -200,7 +200,13 @@ fn request_path(c: &mut Criterion) {
             .collect();
         rev.list().apply(&batch);
         let auth = Arc::new(Authenticator::new(&config, &[ik], clock, &metrics));
-        let proxy = Proxy::new(&config, auth, Some(rev), &metrics);
+        let proxy = Proxy::new(
+            &config,
+            auth,
+            Some(rev),
+            &metrics,
+            Arc::new(jwtgate::observe::Observers::default()),
+        );
         let peer = Peer::new("10.1.2.3:50000".parse().unwrap());
         let request = || {
             http::Request::builder()

@@ -42,8 +42,8 @@
 //! the generation it started with, and open tunnels are decided again under the new one.
 //!
 //! Modules depend one way: the leaves (`reject`, `clock`, `jose`, `hashing`, `hop`,
-//! `path`, `tls`) ← `config` ← `metrics`, `jwks`, `revocation` ← `auth` ← `policy` ← `proxy` ←
-//! `admin` ← `lib`
+//! `path`, `tls`) ← `config` ← `metrics`, `jwks`, `revocation`, `observe` ← `auth` ← `policy`
+//! ← `proxy` ← `admin` ← `lib`
 //! (`.ci/module_cycles.py` checks there is no cycle).
 
 pub mod admin;
@@ -61,6 +61,7 @@ pub mod inspect;
 pub mod jose;
 pub mod jwks;
 pub mod metrics;
+pub mod observe;
 pub mod path;
 pub mod policy;
 pub mod proxy;
@@ -98,6 +99,9 @@ pub enum StartError {
     /// The admin listener's certificate or key (the message names the key).
     #[error("{0}")]
     AdminTls(String),
+    /// The access log or tracing (the message names the section).
+    #[error("{0}")]
+    Observe(String),
 }
 
 /// Everything the process runs, constructed and checked, nothing bound yet.
@@ -152,11 +156,14 @@ impl App {
             auth_metrics.clone(),
             1,
         ));
+        let observers =
+            Arc::new(observe::Observers::start(&config, &metrics).map_err(StartError::Observe)?);
         let proxy = Arc::new(proxy::Proxy::new(
             &config,
             auth,
             revocation.clone(),
             &metrics,
+            observers,
         ));
         let all_issuers: admin::IssuerList =
             Arc::new(arc_swap::ArcSwap::from_pointee(keys.clone()));
@@ -299,6 +306,7 @@ impl Listening {
             );
             tokio::time::sleep(delay).await;
         };
+        let proxy = app.proxy.clone();
         app.proxy
             .serve(proxy_listener, &app.config, stop_accepting)
             .await;
@@ -309,6 +317,10 @@ impl Listening {
             let _ = task.await;
         }
         let _ = admin_task.await;
+        let _ = tokio::task::spawn_blocking(move || {
+            proxy.observers().flush(Duration::from_secs(2));
+        })
+        .await;
         tracing::info!("jwtgate stopped");
     }
 }

@@ -322,7 +322,7 @@ fn one(key: impl Into<String>, message: impl Into<String>) -> ConfigErrors {
 
 /// The restart-only keys (DESIGN §9) that differ, each named. The listeners, the upstream,
 /// the snapshot path and whether revocation is on at all; also `[jwks]` and the connection
-/// limits, which shape tasks and listeners made at start.
+/// limits, which shape tasks and listeners made at start, and `[access_log]` / `[tracing]`.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigError> {
     let restart = "restart-only: the reload was refused as a whole; restart jwtgate to change it";
     let mut out = Vec::new();
@@ -350,6 +350,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigError> {
     check("server.drain_timeout_s", o.drain_timeout == n.drain_timeout);
     check("upstream", old.upstream == new.upstream);
     check("jwks", old.jwks == new.jwks);
+    // Their writer threads, keys and exporter are made at start.
+    check("access_log", old.access_log == new.access_log);
+    check("tracing", old.tracing == new.tracing);
     let (o, n) = (&old.limits, &new.limits);
     check(
         "limits.max_header_bytes",

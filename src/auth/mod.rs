@@ -56,6 +56,9 @@ pub struct Verified {
     /// What route policy reads from the token, selected once when it is first seen (when
     /// any route or claim header needs a claim), so cache hits parse no payload.
     pub selected: Option<Box<Selected>>,
+    /// Who holds it, as the access log and spans name them (when either is on), computed
+    /// once when it is first seen.
+    pub who: Option<Arc<crate::observe::Who>>,
 }
 
 /// The claims route policy asked for, carried with the verdict. The policy decides what
@@ -453,6 +456,7 @@ impl Authenticator {
                 iat: claims.iat.map(|d| d.0),
                 revocation_fps: None,
                 selected: None,
+                who: None,
             },
             claims,
             alg,

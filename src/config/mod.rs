@@ -101,6 +101,31 @@ pub struct Config {
     /// In match order: the first route that matches decides.
     pub routes: Vec<RouteConfig>,
     pub token: TokenConfig,
+    pub access_log: AccessLogConfig,
+    /// `None` without `tracing.otlp_endpoint`: no spans, no `traceparent` rewriting.
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `[access_log]` (DESIGN §11): one JSON line per request on stdout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    /// `sub` in clear; otherwise only `sub_fp`, an HMAC of it.
+    pub include_subject: bool,
+    /// The HMAC key for `sub_fp`; `None`: a random key per process.
+    pub subject_key: Option<Secret>,
+    /// Only rejected requests get a line.
+    pub rejected_only: bool,
+}
+
+/// `[tracing]` (DESIGN §11): a server span per request, exported over OTLP/HTTP.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TracingConfig {
+    /// Where spans are POSTed: the base URL with `/v1/traces` appended.
+    #[serde(serialize_with = "ser_display")]
+    pub traces_url: reqwest::Url,
+    /// For a request without a trusted parent: the share of new traces sampled.
+    pub sample_ratio: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -362,6 +387,8 @@ const SECTIONS: &[&str] = &[
     "policy",
     "routes",
     "token",
+    "access_log",
+    "tracing",
 ];
 
 /// Collects problems while the config is being read.
@@ -437,6 +464,8 @@ impl Config {
         let mut forward: RawForward = section(&root, "forward", &mut p);
         let raw_policy: RawPolicy = section(&root, "policy", &mut p);
         let token: RawToken = section(&root, "token", &mut p);
+        let access_log: RawAccessLog = section(&root, "access_log", &mut p);
+        let tracing: RawTracing = section(&root, "tracing", &mut p);
         let revocation: Option<RawRevocation> = root
             .contains_key("revocation")
             .then(|| section(&root, "revocation", &mut p));
@@ -460,6 +489,8 @@ impl Config {
             token: TokenConfig {
                 sources: policy::validate_sources(token.sources, &mut p),
             },
+            access_log: validate_access_log(access_log, &mut p),
+            tracing: validate_tracing(tracing, &mut p),
         };
         let mut config = config;
         config.routes = policy::validate_routes(routes, &config.issuers, &mut p);
@@ -818,6 +849,54 @@ algorithms = ["HS256", "none"]
         );
         let c = Config::from_toml_str(&text, &no_env).unwrap();
         assert_eq!(c.issuers_without_audience_check().count(), 1);
+    }
+
+    #[test]
+    fn access_log_and_tracing_are_validated_and_the_subject_key_redacted() {
+        let bad = format!(
+            "{MINIMAL}\n[access_log]\nsubject_key = \"short-key\"\nrejected_only = true\n\
+             [tracing]\notlp_endpoint = \"collector:4318\"\nsample_ratio = 1.5\n"
+        );
+        let err = Config::from_toml_str(&bad, &|_| None).unwrap_err();
+        let keys = keys_of(err.clone());
+        for key in [
+            "access_log.subject_key",
+            "access_log.rejected_only",
+            "tracing.otlp_endpoint",
+            "tracing.sample_ratio",
+        ] {
+            assert!(keys.contains(&key.to_owned()), "{key} not in {keys:?}");
+        }
+        assert!(!err.to_string().contains("short-key"), "{err}");
+        let full = format!("{MINIMAL}\n[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\n");
+        let keys = keys_of(Config::from_toml_str(&full, &|_| None).unwrap_err());
+        assert_eq!(keys, ["tracing.otlp_endpoint"]);
+        let ratio_alone = format!("{MINIMAL}\n[tracing]\nsample_ratio = 0.5\n");
+        let keys = keys_of(Config::from_toml_str(&ratio_alone, &|_| None).unwrap_err());
+        assert_eq!(keys, ["tracing.sample_ratio"]);
+
+        let good = format!(
+            "{MINIMAL}\n[access_log]\nenabled = true\nsubject_key = \"${{LOG_KEY}}\"\n\
+             [tracing]\notlp_endpoint = \"http://collector.obs:4318/otlp/\"\n"
+        );
+        let env = |_: &str| Some("0123456789abcdef-log-key".to_owned());
+        let c = Config::from_toml_str(&good, &env).unwrap();
+        assert!(c.access_log.enabled && !c.access_log.include_subject);
+        let t = c.tracing.as_ref().unwrap();
+        assert_eq!(
+            t.traces_url.as_str(),
+            "http://collector.obs:4318/otlp/v1/traces"
+        );
+        assert_eq!(t.sample_ratio, 0.01);
+        let shown = c.to_effective_toml();
+        assert!(!shown.contains("0123456789abcdef-log-key"), "{shown}");
+        assert!(!format!("{c:?}").contains("0123456789abcdef-log-key"));
+        assert!(
+            Config::from_toml_str(MINIMAL, &|_| None)
+                .unwrap()
+                .tracing
+                .is_none()
+        );
     }
 
     #[test]

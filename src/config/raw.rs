@@ -138,6 +138,22 @@ pub(super) struct RawRevocation {
     pub(super) require_jti: Option<bool>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAccessLog {
+    pub(super) enabled: bool,
+    pub(super) include_subject: bool,
+    pub(super) subject_key: Option<String>,
+    pub(super) rejected_only: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawTracing {
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) sample_ratio: Option<f64>,
+}
+
 pub(super) fn section<T: for<'de> Deserialize<'de> + Default>(
     root: &toml::Table,
     name: &str,

@@ -581,3 +581,80 @@ pub(super) fn validate_forward(raw: RawForward, p: &mut Problems) -> ForwardConf
         claim_headers: Vec::new(),
     }
 }
+
+pub(super) fn validate_access_log(raw: RawAccessLog, p: &mut Problems) -> AccessLogConfig {
+    let subject_key = match raw.subject_key {
+        Some(k) if k.len() < 16 => {
+            p.push(
+                "access_log.subject_key",
+                "must be at least 16 bytes: a short key lets anyone with the log test guesses of sub",
+            );
+            None
+        }
+        Some(_) if raw.include_subject => {
+            p.push(
+                "access_log.subject_key",
+                "has no effect with include_subject = true (the line carries sub in clear)",
+            );
+            None
+        }
+        k => k.map(Secret::new),
+    };
+    if !raw.enabled {
+        for (set, key) in [
+            (raw.include_subject, "include_subject"),
+            (subject_key.is_some(), "subject_key"),
+            (raw.rejected_only, "rejected_only"),
+        ] {
+            if set {
+                p.push(
+                    format!("access_log.{key}"),
+                    "has no effect without access_log.enabled = true",
+                );
+            }
+        }
+    }
+    AccessLogConfig {
+        enabled: raw.enabled,
+        include_subject: raw.include_subject,
+        subject_key,
+        rejected_only: raw.rejected_only,
+    }
+}
+
+pub(super) fn validate_tracing(raw: RawTracing, p: &mut Problems) -> Option<TracingConfig> {
+    let sample_ratio = raw.sample_ratio.unwrap_or(0.01);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        p.push("tracing.sample_ratio", "must be between 0 and 1");
+    }
+    let Some(endpoint) = raw.otlp_endpoint else {
+        if raw.sample_ratio.is_some() {
+            p.push(
+                "tracing.sample_ratio",
+                "has no effect without tracing.otlp_endpoint",
+            );
+        }
+        return None;
+    };
+    let key = "tracing.otlp_endpoint";
+    let base = http_url(key, &endpoint, p)?;
+    if base.query().is_some() || base.fragment().is_some() {
+        p.push(key, "the base URL takes no query or fragment");
+        return None;
+    }
+    let mut path = base.path().trim_end_matches('/').to_owned();
+    if path.ends_with("/v1/traces") {
+        p.push(
+            key,
+            "is the base URL: /v1/traces is appended, write the URL without it",
+        );
+        return None;
+    }
+    path.push_str("/v1/traces");
+    let mut traces_url = base;
+    traces_url.set_path(&path);
+    Some(TracingConfig {
+        traces_url,
+        sample_ratio,
+    })
+}

@@ -34,6 +34,7 @@ use crate::auth::{
 use crate::config::{AuthMode, Cidr, Config, IssuerConfig, Profile, UpstreamProtocol};
 use crate::jose::Algorithm;
 use crate::metrics::Metrics;
+use crate::observe::{Observers, Record, Subjects, Who};
 use crate::policy::{Policy, RouteId, sources};
 use crate::reject::{Reason, Reject};
 use crate::revocation::Revocation;
@@ -159,6 +160,8 @@ pub struct Proxy {
     metrics: Arc<ProxyMetrics>,
     /// `jwtgate_claim_headers_unset_total`, shared by every generation's policy.
     claim_unset: prometheus::IntCounterVec,
+    /// The access log and tracing (restart-only).
+    observers: Arc<Observers>,
 }
 
 /// An open WebSocket tunnel is re-checked this often (time window, key, revocation) and
@@ -172,10 +175,18 @@ impl Proxy {
         auth: Arc<Authenticator>,
         revocation: Option<Arc<Revocation>>,
         metrics: &Metrics,
+        observers: Arc<Observers>,
     ) -> Proxy {
         let families = Arc::new(ProxyMetrics::register(metrics));
         let claim_unset = crate::policy::claims::Selector::register_family(metrics);
-        let first = build_generation(1, config, auth, &revocation, &families, &claim_unset);
+        let first = build_generation(
+            1,
+            config,
+            auth,
+            &revocation,
+            (&families, &claim_unset),
+            observers.subjects().cloned(),
+        );
         Proxy {
             current: arc_swap::ArcSwap::from_pointee(first),
             revocation,
@@ -195,6 +206,7 @@ impl Proxy {
             tunnels: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
             metrics: families,
             claim_unset,
+            observers,
         }
     }
 
@@ -206,8 +218,8 @@ impl Proxy {
             config,
             auth,
             &self.revocation,
-            &self.metrics,
-            &self.claim_unset,
+            (&self.metrics, &self.claim_unset),
+            self.observers.subjects().cloned(),
         )
     }
 
@@ -230,6 +242,11 @@ impl Proxy {
     /// The generation in force.
     pub fn current(&self) -> Arc<Generation> {
         self.current.load_full()
+    }
+
+    /// The access log and tracing.
+    pub fn observers(&self) -> &Arc<Observers> {
+        &self.observers
     }
 
     /// The request metric families (the rejection summary reads them).
@@ -272,13 +289,31 @@ impl Proxy {
         peer: &Peer,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
-        let response = match self.prepare(req, peer).await {
-            Ok(prepared) => self.forward(prepared).await,
+        let watch = self
+            .observers
+            .watch(&req, peer.addr, || self.current.load().trusts(peer));
+        let mut record = Record::default();
+        let mut response = match self.prepare(req, peer).await {
+            Ok(mut prepared) => {
+                if let Some(w) = &watch {
+                    w.propagate(prepared.request.headers_mut());
+                    record.route = Some(prepared.generation.route_names[prepared.route].clone());
+                    record.who = prepared.verified.as_ref().and_then(|v| v.who.clone());
+                }
+                self.forward(prepared, watch.is_some().then_some(&mut record))
+                    .await
+            }
             Err(rejected) => rejected,
         };
         self.metrics
             .request_duration
             .observe(start.elapsed().as_secs_f64());
+        if let Some(w) = watch {
+            if let Some(r) = response.extensions_mut().remove::<Record>() {
+                record = r;
+            }
+            self.observers.finish(w, response.status().as_u16(), record);
+        }
         response
     }
 
@@ -297,6 +332,7 @@ impl Proxy {
             req,
             peer,
             route: RouteId::None,
+            who: None,
         };
         // phase: shape
         let scan = g.shape(&cx).map_err(|r| g.refuse(r, &cx))?;
@@ -323,6 +359,7 @@ impl Proxy {
             Some(t) => Some(g.verify(t, peer).await.map_err(|r| g.refuse(r, &cx))?),
             None => None,
         };
+        cx.who = verified.as_ref().and_then(|v| v.who.clone());
         if let (Some(t), Some(v)) = (token, &verified) {
             // phase: revocation
             g.revocation_check(t, v).map_err(|r| g.refuse(r, &cx))?;
@@ -354,7 +391,13 @@ impl Proxy {
         Ok(prepared)
     }
 
-    async fn forward(self: &Arc<Self>, prepared: Prepared<Incoming>) -> Response<ResponseBody> {
+    /// Sends an admitted request upstream; `record` (when the request is watched) gets the
+    /// outcome and the upstream's time to the response head.
+    async fn forward(
+        self: &Arc<Self>,
+        prepared: Prepared<Incoming>,
+        mut record: Option<&mut Record>,
+    ) -> Response<ResponseBody> {
         let Prepared {
             request,
             websocket,
@@ -372,6 +415,10 @@ impl Proxy {
             inner,
             strip: g.owned_headers.clone(),
         });
+        if let Some(r) = record.as_deref_mut() {
+            r.outcome = Outcome::UpstreamError.label();
+        }
+        let sent = record.is_some().then(Instant::now);
 
         let mut resp = match tokio::time::timeout(
             self.request_timeout,
@@ -379,7 +426,12 @@ impl Proxy {
         )
         .await
         {
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(resp)) => {
+                if let (Some(r), Some(sent)) = (record.as_deref_mut(), sent) {
+                    r.upstream = Some(sent.elapsed());
+                }
+                resp
+            }
             Ok(Err(e)) => {
                 let kind = match e {
                     UpstreamError::Connect(_) => UpstreamErrorKind::Connect,
@@ -395,42 +447,53 @@ impl Proxy {
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // A switch the client did not ask for as a WebSocket handshake, or one that does
-            // not answer its key, is never tunnelled: the upstream connection is dropped.
-            let Some((key, client_upgrade)) = websocket else {
-                tracing::warn!(
-                    "upstream switched protocols without a WebSocket handshake; refused"
-                );
-                return self.upstream_failed(&g, UpstreamErrorKind::Other, route, grpc);
+            let credential = Credential {
+                generation: g.clone(),
+                verified,
+                again,
             };
-            if !headers::websocket_accepted(resp.headers(), &key) {
-                tracing::warn!("upstream 101 does not complete the WebSocket handshake; refused");
+            if let Err(why) = self.open_tunnel(&mut resp, websocket, credential) {
+                tracing::warn!("{why}");
                 return self.upstream_failed(&g, UpstreamErrorKind::Other, route, grpc);
             }
-            let Ok(permit) = self.tunnels.clone().try_acquire_owned() else {
-                tracing::warn!("max_connections tunnels already open; handshake refused");
-                return self.upstream_failed(&g, UpstreamErrorKind::Other, route, grpc);
-            };
-            headers::strip_hop_by_hop(resp.headers_mut(), true);
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let tunnel = self.clone().tunnel(
-                client_upgrade,
-                upstream_upgrade,
-                Credential {
-                    generation: g.clone(),
-                    verified,
-                    again,
-                },
-            );
-            tokio::spawn(async move {
-                tunnel.await;
-                drop(permit);
-            });
         } else {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
         }
         g.metrics.requests.inc(Outcome::Forwarded, route);
+        if let Some(r) = record {
+            r.outcome = Outcome::Forwarded.label();
+        }
         resp.map(Either::Left)
+    }
+
+    /// An upstream `101`: tunnelled only as the answer to the client's WebSocket handshake
+    /// (its key answered) and within `max_connections` tunnels; otherwise the reason it is
+    /// refused, and the upstream connection is dropped.
+    fn open_tunnel(
+        self: &Arc<Self>,
+        resp: &mut Response<UpstreamBody>,
+        websocket: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        credential: Credential,
+    ) -> Result<(), &'static str> {
+        let Some((key, client_upgrade)) = websocket else {
+            return Err("upstream switched protocols without a WebSocket handshake; refused");
+        };
+        if !headers::websocket_accepted(resp.headers(), &key) {
+            return Err("upstream 101 does not complete the WebSocket handshake; refused");
+        }
+        let Ok(permit) = self.tunnels.clone().try_acquire_owned() else {
+            return Err("max_connections tunnels already open; handshake refused");
+        };
+        headers::strip_hop_by_hop(resp.headers_mut(), true);
+        let upstream_upgrade = hyper::upgrade::on(resp);
+        let tunnel = self
+            .clone()
+            .tunnel(client_upgrade, upstream_upgrade, credential);
+        tokio::spawn(async move {
+            tunnel.await;
+            drop(permit);
+        });
+        Ok(())
     }
 
     /// Copies both ways until either side closes, re-checking the credential every
@@ -534,6 +597,10 @@ pub struct Generation {
     /// `Host` for requests that arrive without one (HTTP/1.0).
     upstream_host: HeaderValue,
     retry_after: HeaderValue,
+    /// The `route` label of each label index (the access log and spans name routes).
+    route_names: Arc<[Arc<str>]>,
+    /// Names a verified token's holder, when the access log or tracing is on.
+    subjects: Option<Arc<Subjects>>,
 }
 
 impl Generation {
@@ -580,6 +647,23 @@ impl Generation {
         cx: &Pending<'_, B>,
     ) -> Response<ResponseBody> {
         self.count_rejection(reject, fingerprint.as_deref(), cx.peer, cx.route);
+        let mut resp = self.rejection_response(reject, cx);
+        if self.subjects.is_some() {
+            resp.extensions_mut().insert(Record {
+                route: Some(self.route_names[self.policy.label_index(cx.route)].clone()),
+                outcome: Outcome::Rejected.label(),
+                reason: Some(reject.reason.label()),
+                who: cx.who.clone(),
+                token_fp: fingerprint,
+                upstream: None,
+            });
+        }
+        resp
+    }
+
+    /// The answer to a rejection: a 405 for `CONNECT`, the RFC 6750 form (with the route's
+    /// scopes on `insufficient_scope`), in gRPC form for a gRPC call.
+    fn rejection_response<B>(&self, reject: Reject, cx: &Pending<'_, B>) -> Response<ResponseBody> {
         if reject.reason == Reason::BadRequest && cx.req.method() == http::Method::CONNECT {
             let mut resp = json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -678,6 +762,15 @@ impl Generation {
             .policy
             .selector()
             .select(token.split('.').nth(1).unwrap_or_default());
+        verified.who = self.subjects.as_ref().map(|s| {
+            let c = &fresh.claims;
+            Arc::new(s.who(
+                &self.auth.issuer(verified.issuer).name,
+                c.sub.as_deref(),
+                c.client_id.as_deref().or(c.azp.as_deref()),
+                hash.fingerprint(),
+            ))
+        });
         Ok(Arc::new(verified))
     }
 
@@ -732,6 +825,7 @@ impl Generation {
             mut req,
             peer,
             route,
+            who: _,
         } = cx;
         // Only a WebSocket handshake keeps its upgrade; any other (h2c, TLS, …) is dropped
         // with the hop-by-hop headers and the request goes on as a plain one.
@@ -1013,6 +1107,8 @@ struct Pending<'p, B> {
     peer: &'p Peer,
     /// The route it is decided under (`None` until one is chosen).
     route: RouteId,
+    /// The holder of its token, once verified (for the access log and spans).
+    who: Option<Arc<Who>>,
 }
 
 /// What an open tunnel is held to.
@@ -1028,10 +1124,11 @@ fn build_generation(
     config: &Config,
     auth: Arc<Authenticator>,
     revocation: &Option<Arc<Revocation>>,
-    families: &ProxyMetrics,
-    claim_unset: &prometheus::IntCounterVec,
+    (families, claim_unset): (&ProxyMetrics, &prometheus::IntCounterVec),
+    subjects: Option<Arc<Subjects>>,
 ) -> Generation {
     let policy = Policy::with_family(config, claim_unset);
+    let route_names = policy.labels().into_iter().map(Arc::from).collect();
     let mut owned_headers = vec![config.forward.claims_header.clone()];
     owned_headers.extend(policy.claim_header_names());
     Generation {
@@ -1051,6 +1148,8 @@ fn build_generation(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .unwrap_or_else(|| HeaderValue::from_static("127.0.0.1")),
         retry_after: HeaderValue::from(config.jwks.min_refetch_interval.as_secs().clamp(1, 60)),
+        route_names,
+        subjects,
     }
 }
 
