@@ -6,6 +6,8 @@
 #   bench/ab.sh BASE_BIN [NEW_BIN] [PEERS_STATE_DIR]    # NEW_BIN: target/release/jwtgate
 #   ROUNDS=7 DURATION=8s ALG=es256 CACHE_ENTRIES=0 bench/ab.sh /tmp/jwtgate-old
 #   NEW_EXTRA=bench/routes-10.toml bench/ab.sh /tmp/jwtgate-old   # NEW runs with ten routes
+#   NEW_EXTRA=bench/access-log.toml bench/ab.sh target/release/jwtgate target/release/jwtgate
+#   NEW_EXTRA=bench/tracing.toml bench/ab.sh target/release/jwtgate target/release/jwtgate
 #   BASE_ARGS="--runtime current-thread" NEW_ARGS="--runtime multi-thread --threads 1" \
 #     bench/ab.sh target/release/jwtgate target/release/jwtgate       # runtimes, one binary
 #
@@ -60,3 +62,5 @@ ratios = sorted(n / b for b, n in zip(col("base", 3), col("new", 3)))
 print(f"new / base CPU per request, per round: median {statistics.median(ratios):.3f} "
       f"(range {ratios[0]:.3f}-{ratios[-1]:.3f})")
 PY
+# What NEW's access log and tracing did over the run (nothing when they are off).
+curl -s "http://127.0.0.1:18792/metrics" | grep -E '^jwtgate_(access_log|trace_spans)' || true

@@ -60,7 +60,11 @@ TOML
   # extra=FILE appends more config (routes, token sources) for this instance only.
   [ -z "${extra:-}" ] || cat "$extra" >> "$work/$1.toml"
   # args="…" replaces the runtime flags for this instance (default --threads 1).
-  taskset -c 1 "$bin" serve ${args:---threads 1} --config "$work/$1.toml" 2>"$work/$1.log" & pids+=($!)
+  # stdout (the access log, when on) goes into a pipe read on CPU 0, as a container's
+  # stdout goes to the runtime's log reader (whose CPU is not jwtgate's).
+  mkfifo "$work/$1.out"
+  taskset -c 0 cat "$work/$1.out" > /dev/null & pids+=($!)
+  taskset -c 1 "$bin" serve ${args:---threads 1} --config "$work/$1.toml" >"$work/$1.out" 2>"$work/$1.log" & pids+=($!)
   eval "jwtgate_pid_$1=$!"
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$3/readyz" >/dev/null && return; sleep 0.1; done
   echo "jwtgate $1 did not become ready; log:"; cat "$work/$1.log"; exit 1

@@ -11,22 +11,26 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::hmac;
-use serde::Serialize;
 
 use crate::config::AccessLogConfig;
 use crate::metrics::Metrics;
 
 use super::queue::{self, Batches, Queue};
 
-/// Lines waiting for the writer, at most. A line is ~200 bytes plus its path (cut at
-/// [`MAX_PATH_BYTES`]), so a full queue holds at most ~5 MB.
-pub const QUEUE_LINES: usize = 4096;
+/// Lines waiting for the writer, at most: [`TICK`]s of 400k requests a second. A line is
+/// ~200 bytes plus its path (cut at [`MAX_PATH_BYTES`]), so a full queue holds at most
+/// ~10 MB.
+pub const QUEUE_LINES: usize = 8192;
+
+/// The writer wakes this often (it never waits on the queue itself, so a request's hand-off
+/// never wakes a thread): lines appear at most this late.
+const TICK: Duration = Duration::from_millis(20);
 
 /// `path` is cut at this many bytes (at a character boundary).
 pub const MAX_PATH_BYTES: usize = 1024;
 
 /// The writer takes at most this many lines per write.
-const BATCH_LINES: usize = 512;
+const BATCH_LINES: usize = 1024;
 
 /// Who presented a token, as the log shows it: computed when the token is first seen.
 #[derive(Debug)]
@@ -119,7 +123,8 @@ fn random_fallback() -> [u8; 32] {
 /// One request, as the request path hands it over.
 #[derive(Debug)]
 pub struct Line {
-    pub at: SystemTime,
+    /// When the request arrived (the writer turns it into wall-clock time).
+    pub start: std::time::Instant,
     pub method: http::Method,
     /// The path as sent, without the query, cut at [`MAX_PATH_BYTES`].
     pub path: String,
@@ -201,7 +206,7 @@ impl AccessLog {
     }
 }
 
-/// The writer thread: takes what is queued, formats it, one write per batch.
+/// The writer thread: every [`TICK`], what is queued, formatted, one write per batch.
 fn write_lines(
     batches: &Batches<Line>,
     out: &mut impl std::io::Write,
@@ -211,13 +216,16 @@ fn write_lines(
 ) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut warned = false;
-    while let Some(batch) = batches.next(BATCH_LINES, Duration::ZERO) {
-        for line in &batch.items {
-            encode(line, include_subject, &mut buf);
-        }
-        let n = batch.items.len() as u64;
-        if n == 0 {
-            continue;
+    let mut clock = Clock::default();
+    batches.run(TICK, BATCH_LINES, |lines| {
+        // One reading of each clock per batch: a line's wall-clock time is now minus its age.
+        let (wall, mono) = (SystemTime::now(), std::time::Instant::now());
+        let n = lines.len() as u64;
+        for line in lines.drain(..) {
+            let at = wall
+                .checked_sub(mono.saturating_duration_since(line.start))
+                .unwrap_or(wall);
+            encode(&line, clock.format(at), include_subject, &mut buf);
         }
         match out.write_all(&buf).and_then(|()| out.flush()) {
             Ok(()) => written.inc_by(n),
@@ -230,88 +238,164 @@ fn write_lines(
             }
         }
         buf.clear();
-    }
+    });
 }
 
 /// One line as JSON, newline-terminated. Field order is fixed; absent values are `null`.
-fn encode(line: &Line, include_subject: bool, buf: &mut Vec<u8>) {
-    #[derive(Serialize)]
-    struct Json<'a> {
-        ts: &'a str,
-        method: &'a str,
-        path: &'a str,
-        route: &'a str,
-        status: u16,
-        outcome: &'a str,
-        reason: Option<&'a str>,
-        issuer: Option<&'a str>,
-        client_id: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        sub: Option<Option<&'a str>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        sub_fp: Option<Option<&'a str>>,
-        token_fp: Option<&'a str>,
-        duration_ms: f64,
-        upstream_ms: Option<f64>,
-        trace_id: Option<&'a str>,
-    }
+fn encode(line: &Line, ts: &str, include_subject: bool, buf: &mut Vec<u8>) {
     let who = line.who.as_deref();
     let subject = who.and_then(|w| match &w.subject {
         Subject::Absent => None,
         Subject::Clear(s) | Subject::Fingerprint(s) => Some(&**s),
     });
-    let ts = rfc3339_millis(line.at);
-    let trace_id = line.trace_id.map(|t| hex(&t));
-    let json = Json {
-        ts: &ts,
-        method: line.method.as_str(),
-        path: &line.path,
-        route: &line.route,
-        status: line.status,
-        outcome: line.outcome,
-        reason: line.reason,
-        issuer: who.map(|w| &*w.issuer),
-        client_id: who.and_then(|w| w.client_id.as_deref()),
-        sub: include_subject.then_some(subject),
-        sub_fp: (!include_subject).then_some(subject),
-        token_fp: who.map(|w| &*w.token_fp).or(line.token_fp.as_deref()),
-        duration_ms: millis(line.duration),
-        upstream_ms: line.upstream.map(millis),
-        trace_id: trace_id.as_deref(),
+    let mut j = Json(buf);
+    j.str("{\"ts\":", Some(ts));
+    j.str(",\"method\":", Some(line.method.as_str()));
+    j.str(",\"path\":", Some(&line.path));
+    j.str(",\"route\":", Some(&line.route));
+    j.key(",\"status\":");
+    j.int(u64::from(line.status));
+    j.str(",\"outcome\":", Some(line.outcome));
+    j.str(",\"reason\":", line.reason);
+    j.str(",\"issuer\":", who.map(|w| &*w.issuer));
+    j.str(",\"client_id\":", who.and_then(|w| w.client_id.as_deref()));
+    let sub_key = if include_subject {
+        ",\"sub\":"
+    } else {
+        ",\"sub_fp\":"
     };
-    if serde_json::to_writer(&mut *buf, &json).is_ok() {
-        buf.push(b'\n');
+    j.str(sub_key, subject);
+    let token_fp = who.map(|w| &*w.token_fp).or(line.token_fp.as_deref());
+    j.str(",\"token_fp\":", token_fp);
+    j.key(",\"duration_ms\":");
+    j.millis(Some(line.duration));
+    j.key(",\"upstream_ms\":");
+    j.millis(line.upstream);
+    j.key(",\"trace_id\":");
+    match line.trace_id {
+        Some(id) => {
+            j.0.push(b'"');
+            for b in id {
+                j.0.extend_from_slice(&HEX[usize::from(b)]);
+            }
+            j.0.push(b'"');
+        }
+        None => j.0.extend_from_slice(b"null"),
     }
+    j.0.extend_from_slice(b"}\n");
 }
 
-/// Milliseconds with microsecond precision.
-fn millis(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1000.0
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
+/// Two hex digits for each byte value.
+const HEX: [[u8; 2]; 256] = {
+    let digits = b"0123456789abcdef";
+    let mut out = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        out[i] = [digits[i >> 4], digits[i & 15]];
+        i += 1;
     }
     out
+};
+
+/// A JSON line written by hand: the field order is fixed and most values need no
+/// escaping, so this is a few copies per field (serde_json escapes the rest).
+struct Json<'b>(&'b mut Vec<u8>);
+
+impl Json<'_> {
+    fn key(&mut self, key: &str) {
+        self.0.extend_from_slice(key.as_bytes());
+    }
+
+    /// `key` then the string, or `null`.
+    fn str(&mut self, key: &str, value: Option<&str>) {
+        self.key(key);
+        match value {
+            None => self.0.extend_from_slice(b"null"),
+            Some(v) if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') => {
+                self.0.push(b'"');
+                self.0.extend_from_slice(v.as_bytes());
+                self.0.push(b'"');
+            }
+            Some(v) => {
+                if serde_json::to_writer(&mut *self.0, v).is_err() {
+                    self.0.extend_from_slice(b"null");
+                }
+            }
+        }
+    }
+
+    fn int(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.0.extend_from_slice(&digits[i..]);
+    }
+
+    /// Milliseconds with microsecond precision (`12.034`), or `null`.
+    fn millis(&mut self, d: Option<Duration>) {
+        let Some(d) = d else {
+            self.0.extend_from_slice(b"null");
+            return;
+        };
+        let micros = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.int(micros / 1000);
+        let frac = micros % 1000;
+        self.0.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
+    }
 }
 
 /// `2026-12-02T07:15:03.123Z`.
 pub fn rfc3339_millis(at: SystemTime) -> String {
-    let since = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    Clock::default().format(at).to_owned()
+}
+
+/// Formats timestamps, the date and time of day once per second.
+#[derive(Default)]
+struct Clock {
+    secs: Option<u64>,
+    /// `2026-12-02T07:15:03.123Z`: the first 20 bytes change once a second.
+    text: String,
+}
+
+impl Clock {
+    fn format(&mut self, at: SystemTime) -> &str {
+        let since = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = since.as_secs();
+        if self.secs != Some(secs) {
+            self.secs = Some(secs);
+            let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+            let (y, m, d) = civil_from_days(days);
+            self.text.clear();
+            let _ = write!(
+                self.text,
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60
+            );
+        }
+        self.text.truncate(20);
+        let ms = since.subsec_millis();
+        for digit in [ms / 100, ms / 10 % 10, ms % 10] {
+            self.text.push(char::from(b'0' + digit as u8));
+        }
+        self.text.push('Z');
+        &self.text
+    }
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
@@ -343,6 +427,12 @@ mod tests {
         // A leap day and the turn of a century that is a leap year.
         assert_eq!(at(951_782_400, 999), "2000-02-29T00:00:00.999Z");
         assert_eq!(at(4_107_542_399, 0), "2100-02-28T23:59:59.000Z");
+        // One clock across seconds and within one.
+        let mut clock = Clock::default();
+        let t = |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(clock.format(t(1_999)), "1970-01-01T00:00:01.999Z");
+        assert_eq!(clock.format(t(1_005)), "1970-01-01T00:00:01.005Z");
+        assert_eq!(clock.format(t(86_400_000)), "1970-01-02T00:00:00.000Z");
     }
 
     #[test]
@@ -369,6 +459,50 @@ mod tests {
         assert_eq!(a.fingerprint("alice").len(), 16);
         assert_ne!(a.fingerprint("alice"), b.fingerprint("alice"));
         assert_ne!(a.fingerprint("alice"), a.fingerprint("bob"));
+    }
+
+    #[test]
+    fn lines_are_json_with_every_field_and_escaped_values() {
+        let line = Line {
+            start: std::time::Instant::now(),
+            method: http::Method::POST,
+            path: "/orders/1".into(),
+            route: Arc::from("orders"),
+            status: 403,
+            outcome: "rejected",
+            reason: Some("insufficient_scope"),
+            who: Some(Arc::new(Who {
+                issuer: "km".into(),
+                client_id: Some("app \"quoted\"\n".into()),
+                subject: Subject::Clear("ü-alice".into()),
+                token_fp: "0a1b2c3d".into(),
+            })),
+            token_fp: None,
+            duration: Duration::from_micros(12_034),
+            upstream: None,
+            trace_id: Some([0xab; 16]),
+        };
+        let mut buf = Vec::new();
+        encode(&line, "2026-12-02T07:15:03.123Z", true, &mut buf);
+        assert_eq!(buf.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "ts": "2026-12-02T07:15:03.123Z", "method": "POST", "path": "/orders/1",
+                "route": "orders", "status": 403, "outcome": "rejected",
+                "reason": "insufficient_scope", "issuer": "km", "client_id": "app \"quoted\"\n",
+                "sub": "ü-alice", "token_fp": "0a1b2c3d", "duration_ms": 12.034,
+                "upstream_ms": null, "trace_id": "ab".repeat(16),
+            })
+        );
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys.len(), 14);
+        buf.clear();
+        encode(&line, "t", false, &mut buf);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["sub_fp"], "ü-alice");
+        assert!(v.get("sub").is_none());
     }
 
     const HMAC_ALICE: &str = "e73ff30528fa6b31";

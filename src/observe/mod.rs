@@ -10,7 +10,7 @@ pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -28,12 +28,12 @@ pub struct Observers {
 
 /// A request being watched, from its arrival.
 pub struct Watch {
-    at: SystemTime,
     start: Instant,
     method: http::Method,
     path: String,
     client: SocketAddr,
-    span: Option<trace::RequestSpan>,
+    /// Boxed: a span is large, and a watch lives in every request's future.
+    span: Option<Box<trace::RequestSpan>>,
 }
 
 /// How a request ended, as the proxy knows it.
@@ -46,7 +46,8 @@ pub struct Record {
     pub who: Option<Arc<Who>>,
     /// A rejected token's fingerprint when it got no verdict.
     pub token_fp: Option<String>,
-    pub upstream: Option<Duration>,
+    /// When it was sent upstream (its upstream time runs from there to the response head).
+    pub sent: Option<Instant>,
 }
 
 impl Watch {
@@ -94,10 +95,12 @@ impl Observers {
 
     /// Starts watching a request (`None` when nothing watches). `trusted`: the peer is a
     /// trusted proxy (asked only when tracing is on).
+    /// `start`: when the request arrived.
     pub fn watch<B>(
         &self,
         req: &http::Request<B>,
         client: SocketAddr,
+        start: Instant,
         trusted: impl FnOnce() -> bool,
     ) -> Option<Watch> {
         if !self.any() {
@@ -106,23 +109,29 @@ impl Observers {
         let span = self
             .tracing
             .as_ref()
-            .map(|t| t.begin(req.headers(), trusted(), req.method()));
+            .map(|t| Box::new(t.begin(req.headers(), trusted(), req.method())));
+        // Only the log and a sampled span read the path.
+        let path = if self.log.is_some() || span.as_ref().is_some_and(|s| s.is_recording()) {
+            access_log::logged_path(req.uri().path())
+        } else {
+            String::new()
+        };
         Some(Watch {
-            at: SystemTime::now(),
-            start: Instant::now(),
+            start,
             method: req.method().clone(),
-            path: access_log::logged_path(req.uri().path()),
+            path,
             client,
             span,
         })
     }
 
-    /// The request is answered (its response head ready): its span ends, its line is queued.
-    pub fn finish(&self, watch: Watch, status: u16, record: Record) {
+    /// The request is answered, its response head ready after `duration`: its span ends,
+    /// its line is queued.
+    pub fn finish(&self, watch: Watch, status: u16, record: Record, duration: Duration) {
         let route = record.route.unwrap_or_else(|| Arc::from("none"));
         let trace_id = watch.span.as_ref().map(|s| s.trace_id());
         if let Some(span) = watch.span {
-            span.finish(
+            (*span).finish(
                 trace::Finish {
                     status,
                     route: &route,
@@ -140,7 +149,7 @@ impl Observers {
             return;
         }
         log.send(access_log::Line {
-            at: watch.at,
+            start: watch.start,
             method: watch.method,
             path: watch.path,
             route,
@@ -149,8 +158,10 @@ impl Observers {
             reason: record.reason,
             who: record.who,
             token_fp: record.token_fp,
-            duration: watch.start.elapsed(),
-            upstream: record.upstream,
+            duration,
+            upstream: record
+                .sent
+                .map(|sent| (watch.start + duration).saturating_duration_since(sent)),
             trace_id,
         });
     }

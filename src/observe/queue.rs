@@ -2,7 +2,7 @@
 //! waits (a full queue drops the item and counts it), and a flush marker lets shutdown
 //! wait until what was queued before it has been handled.
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
 enum Msg<T> {
@@ -26,21 +26,6 @@ impl<T> std::fmt::Debug for Queue<T> {
 /// The receiving end (the writer thread).
 pub struct Batches<T> {
     rx: Receiver<Msg<T>>,
-}
-
-/// Items taken together, and the flushes waiting for them.
-pub struct Batch<T> {
-    pub items: Vec<T>,
-    flushes: Vec<SyncSender<()>>,
-}
-
-impl<T> Drop for Batch<T> {
-    /// The batch is handled (or given up on): its flushes are answered.
-    fn drop(&mut self) {
-        for done in self.flushes.drain(..) {
-            let _ = done.try_send(());
-        }
-    }
 }
 
 /// A queue of at most `capacity` items; `dropped` counts what a full queue refused.
@@ -79,42 +64,56 @@ impl<T> Queue<T> {
 }
 
 impl<T> Batches<T> {
-    /// Waits for an item, then takes up to `max`, waiting at most `linger` for more (a
-    /// flush ends the wait). `None` once every sender is gone and nothing is left.
-    pub fn next(&self, max: usize, linger: Duration) -> Option<Batch<T>> {
-        let mut batch = Batch {
-            items: Vec::new(),
-            flushes: Vec::new(),
-        };
-        let first = self.rx.recv().ok()?;
-        let deadline = Instant::now() + linger;
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Item(item) => batch.items.push(item),
-                Msg::Flush(done) => {
-                    batch.flushes.push(done);
+    /// The writer's loop, until every sender is gone and nothing is left: every `tick`, the
+    /// queued items in batches of at most `max`, each handed to `handle` (which takes them
+    /// out of the vector; its allocation is reused). The writer never parks on the queue,
+    /// so offering an item never has to wake a thread.
+    pub fn run(&self, tick: Duration, max: usize, mut handle: impl FnMut(&mut Vec<T>)) {
+        let mut items = Vec::with_capacity(max);
+        loop {
+            let Some(flushes) = self.take(max, &mut items) else {
+                return;
+            };
+            let full = items.len() >= max;
+            if !items.is_empty() {
+                handle(&mut items);
+                items.clear();
+            }
+            // The batch is handled: the flushes waiting for it are answered.
+            for done in flushes {
+                let _ = done.try_send(());
+            }
+            if !full {
+                std::thread::sleep(tick);
+            }
+        }
+    }
+
+    /// What is queued, up to `max` items, into `items` without waiting, and the flushes
+    /// met on the way; `None` once every sender is gone and nothing is left.
+    fn take(&self, max: usize, items: &mut Vec<T>) -> Option<Vec<SyncSender<()>>> {
+        let mut flushes = Vec::new();
+        while items.len() < max {
+            match self.rx.try_recv() {
+                Ok(Msg::Item(item)) => items.push(item),
+                Ok(Msg::Flush(done)) => flushes.push(done),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if items.is_empty() && flushes.is_empty() {
+                        return None;
+                    }
                     break;
                 }
             }
-            if batch.items.len() >= max {
-                break;
-            }
-            next = match self.rx.try_recv() {
-                Ok(m) => Some(m),
-                Err(_) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    self.rx.recv_timeout(left).ok()
-                }
-            };
         }
-        Some(batch)
+        Some(flushes)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn a_full_queue_drops_and_counts_and_a_flush_waits_for_earlier_items() {
@@ -124,19 +123,23 @@ mod tests {
         q.offer(2);
         q.offer(3);
         assert_eq!(dropped.get(), 1);
-        let b = batches.next(10, Duration::ZERO).unwrap();
-        assert_eq!(b.items, vec![1, 2]);
-        drop(b);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
         let writer = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            while let Some(b) = batches.next(10, Duration::from_millis(1)) {
-                seen.extend(b.items.iter().copied());
-            }
-            seen
+            batches.run(Duration::from_millis(20), 10, |items| {
+                // A slow writer: the flush below must wait for it.
+                std::thread::sleep(Duration::from_millis(50));
+                s.lock().unwrap().extend(items.drain(..));
+            })
         });
+        while seen.lock().unwrap().len() < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         q.offer(4);
         q.flush(Duration::from_secs(5));
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2, 4]);
+        assert_eq!(dropped.get(), 1);
         drop(q);
-        assert_eq!(writer.join().unwrap(), vec![4]);
+        writer.join().unwrap();
     }
 }

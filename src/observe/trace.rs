@@ -34,8 +34,8 @@ use super::queue::{self, Batches, Queue};
 pub const QUEUE_SPANS: usize = 2048;
 /// Spans per export request, at most.
 const BATCH_SPANS: usize = 512;
-/// How long the exporter waits to fill a batch.
-const BATCH_LINGER: Duration = Duration::from_secs(1);
+/// The export thread wakes this often and sends what is queued.
+const TICK: Duration = Duration::from_millis(500);
 /// One export request, at most.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Export failures are logged at most this often.
@@ -157,6 +157,11 @@ impl Drop for Tracing {
 }
 
 impl RequestSpan {
+    /// Sampled: the span is exported when it ends.
+    pub fn is_recording(&self) -> bool {
+        self.span.is_recording()
+    }
+
     /// The span's trace id.
     pub fn trace_id(&self) -> [u8; 16] {
         self.context.trace_id().to_bytes()
@@ -317,18 +322,16 @@ fn export(
         }
     };
     let mut last_warning: Option<Instant> = None;
-    while let Some(mut batch) = batches.next(BATCH_SPANS, BATCH_LINGER) {
-        let items = std::mem::take(&mut batch.items);
+    batches.run(TICK, BATCH_SPANS, |batch| {
+        let items = std::mem::take(batch);
         let n = items.len() as u64;
-        if n == 0 {
-            continue;
-        }
-        let result = rt
-            .block_on(async { tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(items)).await });
+        let result = rt.block_on(async {
+            tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(items)).await
+        });
         let error = match result {
             Ok(Ok(())) => {
                 exported.inc_by(n);
-                continue;
+                return;
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_owned(),
@@ -338,7 +341,7 @@ fn export(
             last_warning = Some(Instant::now());
             tracing::warn!(%endpoint, %error, dropped = n, "tracing: span export failed (logged at most once a minute; see jwtgate_trace_spans_dropped_total)");
         }
-    }
+    });
 }
 
 #[cfg(test)]

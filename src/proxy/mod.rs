@@ -291,7 +291,7 @@ impl Proxy {
         let start = Instant::now();
         let watch = self
             .observers
-            .watch(&req, peer.addr, || self.current.load().trusts(peer));
+            .watch(&req, peer.addr, start, || self.current.load().trusts(peer));
         let mut record = Record::default();
         let mut response = match self.prepare(req, peer).await {
             Ok(mut prepared) => {
@@ -305,14 +305,14 @@ impl Proxy {
             }
             Err(rejected) => rejected,
         };
-        self.metrics
-            .request_duration
-            .observe(start.elapsed().as_secs_f64());
+        let elapsed = start.elapsed();
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
         if let Some(w) = watch {
             if let Some(r) = response.extensions_mut().remove::<Record>() {
                 record = r;
             }
-            self.observers.finish(w, response.status().as_u16(), record);
+            self.observers
+                .finish(w, response.status().as_u16(), record, elapsed);
         }
         response
     }
@@ -417,8 +417,9 @@ impl Proxy {
         });
         if let Some(r) = record.as_deref_mut() {
             r.outcome = Outcome::UpstreamError.label();
+            // One clock reading: the time to the response head follows from the request's.
+            r.sent = Some(Instant::now());
         }
-        let sent = record.is_some().then(Instant::now);
 
         let mut resp = match tokio::time::timeout(
             self.request_timeout,
@@ -426,12 +427,7 @@ impl Proxy {
         )
         .await
         {
-            Ok(Ok(resp)) => {
-                if let (Some(r), Some(sent)) = (record.as_deref_mut(), sent) {
-                    r.upstream = Some(sent.elapsed());
-                }
-                resp
-            }
+            Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
                 let kind = match e {
                     UpstreamError::Connect(_) => UpstreamErrorKind::Connect,
@@ -655,7 +651,7 @@ impl Generation {
                 reason: Some(reject.reason.label()),
                 who: cx.who.clone(),
                 token_fp: fingerprint,
-                upstream: None,
+                sent: None,
             });
         }
         resp
