@@ -64,20 +64,30 @@ impl<T> Queue<T> {
 }
 
 impl<T> Batches<T> {
-    /// The writer's loop, until every sender is gone and nothing is left: every `tick`, the
-    /// queued items in batches of at most `max`, each handed to `handle` (which takes them
-    /// out of the vector; its allocation is reused). The writer never parks on the queue,
-    /// so offering an item never has to wake a thread.
-    pub fn run(&self, tick: Duration, max: usize, mut handle: impl FnMut(&mut Vec<T>)) {
+    /// The writer's loop, until every sender is gone and nothing is left: the queued items
+    /// in batches of at most `max`, each handed to `handle` (which takes them out of the
+    /// vector; its allocation is reused). The writer never parks on the queue, so offering
+    /// an item never has to wake a thread; it sleeps `ticks.0` after a batch (small, steady
+    /// writes under load), twice as long after each empty look, up to `ticks.1` (idle).
+    pub fn run(
+        &self,
+        ticks: (Duration, Duration),
+        max: usize,
+        mut handle: impl FnMut(&mut Vec<T>),
+    ) {
         let mut items = Vec::with_capacity(max);
+        let mut tick = ticks.0;
         loop {
             let Some(flushes) = self.take(max, &mut items) else {
                 return;
             };
             let full = items.len() >= max;
-            if !items.is_empty() {
+            if items.is_empty() {
+                tick = (tick * 2).min(ticks.1);
+            } else {
                 handle(&mut items);
                 items.clear();
+                tick = ticks.0;
             }
             // The batch is handled: the flushes waiting for it are answered.
             for done in flushes {
@@ -126,11 +136,15 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         let writer = std::thread::spawn(move || {
-            batches.run(Duration::from_millis(20), 10, |items| {
-                // A slow writer: the flush below must wait for it.
-                std::thread::sleep(Duration::from_millis(50));
-                s.lock().unwrap().extend(items.drain(..));
-            })
+            batches.run(
+                (Duration::from_millis(5), Duration::from_millis(20)),
+                10,
+                |items| {
+                    // A slow writer: the flush below must wait for it.
+                    std::thread::sleep(Duration::from_millis(50));
+                    s.lock().unwrap().extend(items.drain(..));
+                },
+            )
         });
         while seen.lock().unwrap().len() < 2 {
             std::thread::sleep(Duration::from_millis(5));

@@ -34,8 +34,8 @@ use super::queue::{self, Batches, Queue};
 pub const QUEUE_SPANS: usize = 2048;
 /// Spans per export request, at most.
 const BATCH_SPANS: usize = 512;
-/// The export thread wakes this often and sends what is queued.
-const TICK: Duration = Duration::from_millis(500);
+/// The export thread sends what is queued every 500 ms (1 s when idle).
+const TICKS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(1));
 /// One export request, at most.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Export failures are logged at most this often.
@@ -171,13 +171,13 @@ impl RequestSpan {
     /// `tracestate` only when its `traceparent` was honoured.
     pub fn propagate(&self, h: &mut http::HeaderMap) {
         let c = &self.context;
-        let value = format!(
-            "00-{}-{}-{:02x}",
-            c.trace_id(),
-            c.span_id(),
-            c.trace_flags().to_u8()
-        );
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        // `00-{trace id}-{span id}-{flags}`, hex by table (no formatter on the hot path).
+        let mut v = [b'-'; 55];
+        v[..2].copy_from_slice(b"00");
+        hex_into(&mut v[3..35], &c.trace_id().to_bytes());
+        hex_into(&mut v[36..52], &c.span_id().to_bytes());
+        hex_into(&mut v[53..55], &[c.trace_flags().to_u8()]);
+        if let Ok(v) = HeaderValue::from_bytes(&v) {
             h.insert(TRACEPARENT, v);
         }
         if !self.continued {
@@ -217,6 +217,15 @@ impl RequestSpan {
             self.span.set_status(Status::error(f.outcome.to_owned()));
         }
         self.span.end();
+    }
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
     }
 }
 
@@ -322,7 +331,7 @@ fn export(
         }
     };
     let mut last_warning: Option<Instant> = None;
-    batches.run(TICK, BATCH_SPANS, |batch| {
+    batches.run(TICKS, BATCH_SPANS, |batch| {
         let items = std::mem::take(batch);
         let n = items.len() as u64;
         let result = rt.block_on(async {
