@@ -260,6 +260,8 @@ fn hmac_fp(key: &str, sub: &str) -> String {
 struct Collector {
     addr: SocketAddr,
     spans: Arc<Mutex<Vec<Span>>>,
+    /// `service.name` of every resource received.
+    services: Arc<Mutex<Vec<String>>>,
     requests: Arc<Mutex<Vec<(String, String)>>>,
 }
 
@@ -267,9 +269,10 @@ impl Collector {
     async fn start() -> Collector {
         let spans = Arc::new(Mutex::new(Vec::new()));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (spans.clone(), requests.clone());
+        let services = Arc::new(Mutex::new(Vec::new()));
+        let (s, r, v) = (spans.clone(), requests.clone(), services.clone());
         let (addr, _task) = serve(Arc::new(move |req: Request<Incoming>| {
-            let (s, r) = (s.clone(), r.clone());
+            let (s, r, v) = (s.clone(), r.clone(), v.clone());
             Box::pin(async move {
                 let path = req.uri().path().to_owned();
                 let ct = req
@@ -282,6 +285,17 @@ impl Collector {
                 r.lock().unwrap().push((path, ct));
                 let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
                 for rs in export.resource_spans {
+                    let service = rs
+                        .resource
+                        .iter()
+                        .flat_map(|r| &r.attributes)
+                        .find_map(|kv| {
+                            match (kv.key.as_str(), kv.value.as_ref()?.value.as_ref()?) {
+                                ("service.name", AnyValue::StringValue(s)) => Some(s.clone()),
+                                _ => None,
+                            }
+                        });
+                    v.lock().unwrap().push(service.unwrap_or_default());
                     for ss in rs.scope_spans {
                         s.lock().unwrap().extend(ss.spans);
                     }
@@ -293,6 +307,7 @@ impl Collector {
         Collector {
             addr,
             spans,
+            services,
             requests,
         }
     }
@@ -479,6 +494,11 @@ async fn spans_reach_an_otlp_receiver_and_traceparent_is_trusted_only_from_proxi
         Some("401")
     );
 
+    let services = collector.services.lock().unwrap().clone();
+    assert!(
+        !services.is_empty() && services.iter().all(|s| s == "jwtgate"),
+        "{services:?}"
+    );
     let requests = collector.requests.lock().unwrap().clone();
     assert!(!requests.is_empty());
     for (path, ct) in requests {
@@ -567,4 +587,50 @@ async fn a_trusted_parent_decides_sampling_and_a_malformed_traceparent_is_replac
     // Only the one sampled request produced a span.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(collector.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_or_hanging_collector_costs_spans_never_requests() {
+    // Hanging: accepts connections and never answers (the export waits out its timeout).
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_addr = hanging.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = hanging.accept().await {
+            open.push(tcp);
+        }
+    });
+    // Dead: nothing listens there.
+    let dead = free_port();
+    for (endpoint, wait_for_drop) in [(hanging_addr, false), (dead, true)] {
+        let key = DevKey::rsa("k1");
+        let h = Harness::start_with(
+            jwks_of(&[(&key, None)]),
+            Options {
+                extra: format!(
+                    "[tracing]\notlp_endpoint = \"http://{endpoint}\"\nsample_ratio = 1.0\n"
+                ),
+                ..Options::default()
+            },
+        )
+        .await;
+        let good = key.token(&h.claims());
+        for _ in 0..50 {
+            assert_eq!(h.status(&good).await, 200);
+        }
+        assert_eq!(h.upstream.count(), 50);
+        assert_eq!(h.metric("jwtgate_trace_spans_exported_total").await, 0.0);
+        if wait_for_drop {
+            let series = "jwtgate_trace_spans_dropped_total{cause=\"export_failed\"}";
+            let mut dropped = 0.0;
+            for _ in 0..100 {
+                dropped = h.metric(series).await;
+                if dropped >= 50.0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(dropped, 50.0, "every span of the dead collector counted");
+        }
+    }
 }
