@@ -32,8 +32,7 @@ pub struct Watch {
     method: http::Method,
     path: String,
     client: SocketAddr,
-    /// Boxed: a span is large, and a watch lives in every request's future.
-    span: Option<Box<trace::RequestSpan>>,
+    span: Option<trace::RequestSpan>,
 }
 
 /// How a request ended, as the proxy knows it.
@@ -109,7 +108,7 @@ impl Observers {
         let span = self
             .tracing
             .as_ref()
-            .map(|t| Box::new(t.begin(req.headers(), trusted(), req.method())));
+            .map(|t| t.begin(req.headers(), trusted(), req.method()));
         // Only the log and a sampled span read the path.
         let path = if self.log.is_some() || span.as_ref().is_some_and(|s| s.is_recording()) {
             access_log::logged_path(req.uri().path())
@@ -131,7 +130,7 @@ impl Observers {
         let route = record.route.unwrap_or_else(|| Arc::from("none"));
         let trace_id = watch.span.as_ref().map(|s| s.trace_id());
         if let Some(span) = watch.span {
-            (*span).finish(
+            span.finish(
                 trace::Finish {
                     status,
                     route: &route,

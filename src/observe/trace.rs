@@ -22,7 +22,8 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor,
+    IdGenerator as _, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider, Span, SpanData,
+    SpanExporter as _, SpanProcessor,
 };
 
 use crate::config::TracingConfig;
@@ -48,6 +49,8 @@ pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracesta
 pub struct Tracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// `sample_ratio`, for new traces.
+    ratio: f64,
     queue: std::sync::Arc<Queue<SpanData>>,
 }
 
@@ -62,7 +65,8 @@ pub struct Finish<'a> {
 
 /// One request's span.
 pub struct RequestSpan {
-    span: Span,
+    /// The SDK's span, only when sampled: an unsampled request never enters the SDK.
+    span: Option<Box<Span>>,
     context: SpanContext,
     /// The parent came from a trusted proxy: its `tracestate` goes on.
     continued: bool,
@@ -104,9 +108,8 @@ impl Tracing {
             .spawn(move || export(&batches, exporter, &endpoint, &exported, &failed))
             .map_err(|e| format!("cannot start the export thread: {e}"))?;
         let provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                cfg.sample_ratio,
-            ))))
+            // Only sampled requests reach the SDK (see `begin`, which decides).
+            .with_sampler(Sampler::AlwaysOn)
             .with_span_processor(Offer(queue.clone()))
             .with_resource(resource)
             .build();
@@ -114,6 +117,7 @@ impl Tracing {
         Ok(Tracing {
             provider,
             tracer,
+            ratio: cfg.sample_ratio,
             queue,
         })
     }
@@ -126,11 +130,37 @@ impl Tracing {
         trusted: bool,
         method: &http::Method,
     ) -> RequestSpan {
-        let parent = match trusted.then(|| parent_of(headers)).flatten() {
+        let parent = if trusted { parent_of(headers) } else { None };
+        let continued = parent.is_some();
+        // Parent-based: a trusted parent's flag decides, else `sample_ratio`.
+        let sampled = match &parent {
+            Some(p) => p.is_sampled(),
+            None => coin(self.ratio),
+        };
+        if !sampled {
+            // Ids and flags for the upstream's traceparent; nothing is recorded.
+            let ids = RandomIdGenerator::default();
+            let (trace_id, state) = match parent {
+                Some(p) => (p.trace_id(), p.trace_state().clone()),
+                None => (ids.new_trace_id(), TraceState::default()),
+            };
+            let context = SpanContext::new(
+                trace_id,
+                ids.new_span_id(),
+                TraceFlags::default(),
+                false,
+                state,
+            );
+            return RequestSpan {
+                span: None,
+                context,
+                continued,
+            };
+        }
+        let parent = match parent {
             Some(sc) => Context::new().with_remote_span_context(sc),
             None => Context::new(),
         };
-        let continued = parent.has_active_span();
         let span = self
             .tracer
             .span_builder(method_name(method))
@@ -138,7 +168,7 @@ impl Tracing {
             .start_with_context(&self.tracer, &parent);
         let context = span.span_context().clone();
         RequestSpan {
-            span,
+            span: Some(Box::new(span)),
             context,
             continued,
         }
@@ -159,7 +189,7 @@ impl Drop for Tracing {
 impl RequestSpan {
     /// Sampled: the span is exported when it ends.
     pub fn is_recording(&self) -> bool {
-        self.span.is_recording()
+        self.span.is_some()
     }
 
     /// The span's trace id.
@@ -187,16 +217,16 @@ impl RequestSpan {
 
     /// Ends the span with the request's outcome (attributes only on a sampled span).
     pub fn finish(
-        mut self,
+        self,
         f: Finish<'_>,
         method: &http::Method,
         client: std::net::IpAddr,
         path: &str,
     ) {
-        if !self.span.is_recording() {
+        let Some(mut span) = self.span else {
             return;
-        }
-        self.span.update_name(format!("{method} {}", f.route));
+        };
+        span.update_name(format!("{method} {}", f.route));
         let mut attrs = vec![
             KeyValue::new("http.request.method", method_name(method)),
             KeyValue::new("url.path", path.to_owned()),
@@ -212,12 +242,22 @@ impl RequestSpan {
         if let Some(i) = f.issuer {
             attrs.push(KeyValue::new("jwtgate.issuer", i.to_owned()));
         }
-        self.span.set_attributes(attrs);
+        span.set_attributes(attrs);
         if f.status >= 500 {
-            self.span.set_status(Status::error(f.outcome.to_owned()));
+            span.set_status(Status::error(f.outcome.to_owned()));
         }
-        self.span.end();
+        span.end();
     }
+}
+
+/// True with probability `ratio` (a new trace is sampled).
+fn coin(ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    // 53 random bits as a uniform number in [0, 1).
+    let bits = u64::from_be_bytes(RandomIdGenerator::default().new_span_id().to_bytes());
+    ((bits >> 11) as f64 / (1u64 << 53) as f64) < ratio
 }
 
 /// Lower-case hex of `bytes` into `out` (twice as long).
@@ -363,6 +403,15 @@ mod tests {
             h.append(TRACEPARENT, HeaderValue::from_str(v).unwrap());
         }
         parent_of(&h)
+    }
+
+    #[test]
+    fn new_traces_are_sampled_at_the_ratio() {
+        assert!((0..1000).all(|_| coin(1.0)));
+        assert!(!(0..1000).any(|_| coin(0.0)));
+        let hits = (0..20_000).filter(|_| coin(0.25)).count();
+        // 0.25 ± 0.05 is more than ten standard deviations.
+        assert!((4_000..=6_000).contains(&hits), "{hits}");
     }
 
     #[test]
