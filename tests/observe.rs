@@ -406,13 +406,17 @@ async fn spans_reach_an_otlp_receiver_and_traceparent_is_trusted_only_from_proxi
     let untrusted = client_from("127.0.0.1");
     let incoming = format!("00-{TRUSTED_PARENT}-00f067aa0ba902b7-01");
 
+    let send = |client: &reqwest::Client, path: &str, state: &'static str| {
+        client
+            .get(h.url(path))
+            .bearer_auth(&good)
+            .header("traceparent", &incoming)
+            .header("tracestate", state)
+            .send()
+    };
+
     // From a trusted proxy: its trace goes on, jwtgate's span is the upstream's parent.
-    let r = trusted
-        .get(h.url("/orders/1?card=4111"))
-        .bearer_auth(&good)
-        .header("traceparent", &incoming)
-        .header("tracestate", "vendor=kept")
-        .send()
+    let r = send(&trusted, "/orders/1?card=4111", "vendor=kept")
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
@@ -444,12 +448,7 @@ async fn spans_reach_an_otlp_receiver_and_traceparent_is_trusted_only_from_proxi
     }
 
     // The same header from an untrusted peer starts a new trace; its tracestate is dropped.
-    let r = untrusted
-        .get(h.url("/orders/2"))
-        .bearer_auth(&good)
-        .header("traceparent", &incoming)
-        .header("tracestate", "vendor=forged")
-        .send()
+    let r = send(&untrusted, "/orders/2", "vendor=forged")
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
