@@ -178,6 +178,7 @@ impl AccessLog {
             .name("access-log".into())
             .spawn(move || {
                 let out = std::io::stdout();
+                widen_pipe(&out);
                 write_lines(
                     &batches,
                     &mut out.lock(),
@@ -206,6 +207,22 @@ impl AccessLog {
     pub fn flush(&self, timeout: Duration) {
         self.queue.flush(timeout);
     }
+}
+
+/// Bytes asked for stdout's pipe: a loaded batch (~300 KB) fits with room to spare.
+const PIPE_BYTES: usize = 1 << 20;
+
+/// When stdout is a pipe (a container runtime's log FIFO), asks for [`PIPE_BYTES`] so a
+/// batch goes in without the writer blocking midway. Best effort: the kernel's
+/// `fs.pipe-max-size` (1 MiB by default) bounds it, and a file or terminal is left alone.
+fn widen_pipe(out: &std::io::Stdout) {
+    #[cfg(target_os = "linux")]
+    match rustix::pipe::fcntl_setpipe_size(out, PIPE_BYTES) {
+        Ok(bytes) => tracing::debug!(bytes, "access log: stdout pipe widened"),
+        Err(e) => tracing::debug!(error = %e, "access log: stdout pipe size left as is"),
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = out;
 }
 
 /// The writer thread: what is queued, formatted, one write per batch (see [`TICKS`]).
