@@ -61,6 +61,7 @@ async fn serve_with_access_log(
          [[token.sources]]\nquery = \"access_token\"\n\
          [[routes]]\nname = \"health\"\npath_exact = \"/health\"\nauth = \"public\"\n\
          [[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\n\
+         [[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nscopes_all = [\"admin\"]\n\
          [access_log]\n{access_log}\n",
         upstream.addr,
         keys.addr,
@@ -236,6 +237,14 @@ async fn rejected_only_logs_rejections_and_include_subject_logs_sub() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 401);
+    // Refused after verification: the line names the holder.
+    let scope = http
+        .get(format!("http://{proxy}/admin/x"))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scope.status(), 403);
     // The first line is the first rejection: the three accepted requests wrote none.
     let first = next_line(&lines);
     assert_eq!(first["path"], "/orders/2", "{first}");
@@ -245,6 +254,14 @@ async fn rejected_only_logs_rejections_and_include_subject_logs_sub() {
     assert_eq!(second["reason"], "missing");
     assert_eq!(second["sub"], Value::Null);
     assert!(second.get("sub_fp").is_none());
+    // Refused while being verified (wrong audience): nothing from the payload.
+    assert_eq!(first["sub"], Value::Null);
+    assert_eq!(first["issuer"], Value::Null);
+    let third = next_line(&lines);
+    assert_eq!(third["reason"], "insufficient_scope", "{third}");
+    assert_eq!(third["sub"], "alice");
+    assert_eq!(third["issuer"], "km");
+    assert_eq!(third["client_id"], "orders-app");
 }
 
 fn hmac_fp(key: &str, sub: &str) -> String {
