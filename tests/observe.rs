@@ -399,25 +399,30 @@ fn client_from(ip: &str) -> reqwest::Client {
         .unwrap()
 }
 
+/// jwtgate with tracing to `endpoint` at `ratio`, 127.0.0.2 a trusted proxy, and `extra`
+/// config (routes).
+async fn traced(key: &DevKey, endpoint: &str, ratio: f64, extra: &str) -> Harness {
+    Harness::start_with(
+        jwks_of(&[(key, None)]),
+        Options {
+            server_extra: "trusted_proxies = [\"127.0.0.2\"]".into(),
+            extra: format!(
+                "[tracing]\notlp_endpoint = \"{endpoint}\"\nsample_ratio = {ratio:?}\n{extra}"
+            ),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
 const TRUSTED_PARENT: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_otlp_receiver_and_traceparent_is_trusted_only_from_proxies() {
     let collector = Collector::start().await;
     let key = DevKey::rsa("k1");
-    let h = Harness::start_with(
-        jwks_of(&[(&key, None)]),
-        Options {
-            server_extra: "trusted_proxies = [\"127.0.0.2\"]".into(),
-            extra: format!(
-                "[tracing]\notlp_endpoint = \"http://{}/\"\nsample_ratio = 1.0\n\
-                 [[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\n",
-                collector.addr
-            ),
-            ..Options::default()
-        },
-    )
-    .await;
+    let routes = "[[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\n";
+    let h = traced(&key, &format!("http://{}/", collector.addr), 1.0, routes).await;
     let good = key.token(&h.claims());
     let trusted = client_from("127.0.0.2");
     let untrusted = client_from("127.0.0.1");
@@ -527,18 +532,7 @@ async fn spans_reach_an_otlp_receiver_and_traceparent_is_trusted_only_from_proxi
 async fn a_trusted_parent_decides_sampling_and_a_malformed_traceparent_is_replaced() {
     let collector = Collector::start().await;
     let key = DevKey::rsa("k1");
-    let h = Harness::start_with(
-        jwks_of(&[(&key, None)]),
-        Options {
-            server_extra: "trusted_proxies = [\"127.0.0.2\"]".into(),
-            extra: format!(
-                "[tracing]\notlp_endpoint = \"http://{}\"\nsample_ratio = 0.0\n",
-                collector.addr
-            ),
-            ..Options::default()
-        },
-    )
-    .await;
+    let h = traced(&key, &format!("http://{}", collector.addr), 0.0, "").await;
     let good = key.token(&h.claims());
     let trusted = client_from("127.0.0.2");
     let send = |traceparent: &str| {
@@ -620,16 +614,7 @@ async fn a_dead_or_hanging_collector_costs_spans_never_requests() {
     let dead = free_port();
     for (endpoint, wait_for_drop) in [(hanging_addr, false), (dead, true)] {
         let key = DevKey::rsa("k1");
-        let h = Harness::start_with(
-            jwks_of(&[(&key, None)]),
-            Options {
-                extra: format!(
-                    "[tracing]\notlp_endpoint = \"http://{endpoint}\"\nsample_ratio = 1.0\n"
-                ),
-                ..Options::default()
-            },
-        )
-        .await;
+        let h = traced(&key, &format!("http://{endpoint}"), 1.0, "").await;
         let good = key.token(&h.claims());
         for _ in 0..50 {
             assert_eq!(h.status(&good).await, 200);

@@ -62,20 +62,20 @@ pub struct Subjects {
 }
 
 impl Subjects {
-    pub fn new(cfg: &AccessLogConfig) -> Subjects {
+    /// The keyed fingerprints `cfg` asks for; an error only if the system RNG fails.
+    pub fn new(cfg: &AccessLogConfig) -> Result<Subjects, String> {
         let key = match &cfg.subject_key {
             Some(k) => hmac::Key::new(hmac::HMAC_SHA256, k.expose().as_bytes()),
-            None => {
-                // Random per process: fingerprints correlate within one process's lines.
-                let rng = aws_lc_rs::rand::SystemRandom::new();
-                hmac::Key::generate(hmac::HMAC_SHA256, &rng)
-                    .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, &random_fallback()))
-            }
+            // Random per process: fingerprints correlate within one process's lines.
+            None => hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new())
+                .map_err(|_| {
+                "access_log: the system RNG failed to make a subject key".to_owned()
+            })?,
         };
-        Subjects {
+        Ok(Subjects {
             include_subject: cfg.include_subject,
             key,
-        }
+        })
     }
 
     /// The log's view of a verified token.
@@ -108,18 +108,6 @@ impl Subjects {
         }
         out
     }
-}
-
-/// Only reached when the system RNG fails: the clock's nanoseconds and the process id.
-fn random_fallback() -> [u8; 32] {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let mut out = [0u8; 32];
-    out[..16].copy_from_slice(&nanos.to_le_bytes());
-    out[16..20].copy_from_slice(&std::process::id().to_le_bytes());
-    out
 }
 
 /// One request, as the request path hands it over.
@@ -375,11 +363,6 @@ impl Json<'_> {
     }
 }
 
-/// `2026-12-02T07:15:03.123Z`.
-pub fn rfc3339_millis(at: SystemTime) -> String {
-    Clock::default().format(at).to_owned()
-}
-
 /// Formats timestamps, the date and time of day once per second.
 #[derive(Default)]
 struct Clock {
@@ -435,6 +418,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    /// `2026-12-02T07:15:03.123Z`.
+    fn rfc3339_millis(at: SystemTime) -> String {
+        Clock::default().format(at).to_owned()
+    }
+
     #[test]
     fn timestamps_are_rfc3339_utc() {
         let at = |s: u64, ms: u64| {
@@ -471,8 +459,8 @@ mod tests {
             subject_key: Some(crate::config::Secret::new(key)),
             rejected_only: false,
         };
-        let a = Subjects::new(&cfg("0123456789abcdef-one"));
-        let b = Subjects::new(&cfg("0123456789abcdef-two"));
+        let a = Subjects::new(&cfg("0123456789abcdef-one")).unwrap();
+        let b = Subjects::new(&cfg("0123456789abcdef-two")).unwrap();
         // HMAC-SHA256("0123456789abcdef-one", "alice"), first 8 bytes (python3 hmac).
         assert_eq!(a.fingerprint("alice"), HMAC_ALICE);
         assert_eq!(a.fingerprint("alice").len(), 16);

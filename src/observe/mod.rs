@@ -75,8 +75,12 @@ impl Observers {
             .transpose()?;
         // Spans name the issuer too, so a verdict carries its holder whenever either is on.
         let any = log.is_some() || tracing.is_some();
+        let subjects = match any {
+            true => Some(Arc::new(Subjects::new(&config.access_log)?)),
+            false => None,
+        };
         Ok(Observers {
-            subjects: any.then(|| Arc::new(Subjects::new(&config.access_log))),
+            subjects,
             log,
             tracing,
         })
