@@ -46,6 +46,8 @@ pub struct Lifecycle {
     revocation: Option<Arc<Revocation>>,
     /// `jwtgate_ready`: 1 while `/readyz` answers 200.
     ready: prometheus::IntGauge,
+    /// One more condition (a relay: its stream exists and its index is rebuilt).
+    gate: Option<Arc<AtomicBool>>,
 }
 
 impl Lifecycle {
@@ -62,13 +64,21 @@ impl Lifecycle {
                 "jwtgate_ready",
                 "1 while /readyz answers 200: every issuer has keys and no shutdown is under way.",
             ),
+            gate: None,
         }
+    }
+
+    /// Ready only while `gate` is set too.
+    pub fn with_gate(mut self, gate: Arc<AtomicBool>) -> Lifecycle {
+        self.gate = Some(gate);
+        self
     }
 
     pub fn ready(&self) -> bool {
         let ready = !self.shutting_down.load(Ordering::Acquire)
             && self.issuers.load().iter().all(|i| i.has_keys())
-            && self.revocation.as_ref().is_none_or(|r| r.is_ready());
+            && self.revocation.as_ref().is_none_or(|r| r.is_ready())
+            && self.gate.as_ref().is_none_or(|g| g.load(Ordering::Acquire));
         self.ready.set(i64::from(ready));
         ready
     }
@@ -189,8 +199,7 @@ impl Admin {
         let body: record::PushBody = match record::parse_body(&bytes) {
             Ok(body) => body,
             Err(e) => {
-                rev.metrics()
-                    .event(RevocationSource::Push, EventResult::Rejected, 1);
+                rev.rejected(RevocationSource::Push, 1);
                 return bad_request(match e {
                     record::BodyError::NotJson(_) => "body is not JSON",
                     record::BodyError::Shape(_) => "body must be {\"revocations\": [...]}",
@@ -205,15 +214,14 @@ impl Admin {
         });
         match screened {
             Ok(records) => {
-                let new = rev.apply(RevocationSource::Push, &records);
-                json_resp(
-                    StatusCode::ACCEPTED,
-                    &json!({"applied": records.len(), "new": new}),
-                )
+                let n = records.len();
+                match rev.accept(RevocationSource::Push, records).await {
+                    Ok(new) => json_resp(StatusCode::ACCEPTED, &json!({"applied": n, "new": new})),
+                    Err(e) => unavailable(&e),
+                }
             }
             Err(e) => {
-                rev.metrics()
-                    .event(RevocationSource::Push, EventResult::Rejected, 1);
+                rev.rejected(RevocationSource::Push, 1);
                 bad_request(&format!("{e}; nothing from this body was applied"))
             }
         }
@@ -244,18 +252,18 @@ impl Admin {
             ignored => Ok(ignored),
         });
         match screened {
-            Ok(record::Notify::Record(r)) => {
-                rev.apply(RevocationSource::Notify, std::slice::from_ref(&r));
-                json_resp(StatusCode::OK, &json!({"applied": 1}))
-            }
+            Ok(record::Notify::Record(r)) => match rev.accept(RevocationSource::Notify, vec![r]).await
+            {
+                Ok(_) => json_resp(StatusCode::OK, &json!({"applied": 1})),
+                Err(e) => unavailable(&e),
+            },
             Ok(record::Notify::Ignored) => {
                 rev.metrics()
                     .event(RevocationSource::Notify, EventResult::Ignored, 1);
                 json_resp(StatusCode::OK, &json!({"applied": 0}))
             }
             Err(e) => {
-                rev.metrics()
-                    .event(RevocationSource::Notify, EventResult::Rejected, 1);
+                rev.rejected(RevocationSource::Notify, 1);
                 bad_request(&format!("{}; nothing stored", e.message))
             }
         }
@@ -357,6 +365,17 @@ fn bad_request(description: &str) -> Response<Full<Bytes>> {
         StatusCode::BAD_REQUEST,
         &json!({"error": "invalid_request", "error_description": description}),
     )
+}
+
+/// A relay whose stream did not take the records: the sender retries (nothing applied).
+fn unavailable(description: &str) -> Response<Full<Bytes>> {
+    let mut r = json_resp(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": "temporarily_unavailable", "error_description": description}),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 fn unauthorized(challenge: &'static str) -> Response<Full<Bytes>> {

@@ -68,6 +68,7 @@ pub mod proxy;
 pub mod reject;
 pub mod reload;
 pub mod revocation;
+pub mod fleet;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -75,6 +76,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 use crate::auth::{AuthMetrics, Authenticator};
 use crate::clock::{Clock, SystemClock};
@@ -110,6 +112,8 @@ pub struct App {
     reloader: Arc<reload::Reloader>,
     revocation: Option<Arc<Revocation>>,
     poller: Option<revocation::feed::Poller>,
+    /// Follows `[revocation.stream]` (DESIGN §10).
+    follower: Option<fleet::follow::Follower>,
     proxy: Arc<proxy::Proxy>,
     lifecycle: Arc<admin::Lifecycle>,
     admin: Arc<admin::Admin>,
@@ -147,6 +151,15 @@ impl App {
         let poller = match &revocation {
             Some(rev) => rev.poller().map_err(StartError::Feed)?,
             None => None,
+        };
+        let follower = match (&revocation, config.revocation.as_ref().and_then(|r| r.stream.clone())) {
+            (Some(rev), Some(stream)) => Some(fleet::follow::Follower::new(
+                rev.clone(),
+                stream,
+                fleet::follow::StreamMetrics::register(&metrics),
+                config.max_leeway_s(),
+            )),
+            _ => None,
         };
         let auth_metrics = AuthMetrics::register(&metrics);
         let auth = Arc::new(Authenticator::for_generation(
@@ -200,6 +213,7 @@ impl App {
             reloader,
             revocation,
             poller,
+            follower,
             proxy,
             lifecycle,
             admin,
@@ -288,6 +302,13 @@ impl Listening {
         )));
         if let Some(rev) = &app.revocation {
             background.extend(rev.spawn_tasks(app.poller, stop_rx.clone()));
+        }
+        if let Some(follower) = app.follower {
+            background.push(tokio::spawn(
+                follower
+                    .run(stop_rx.clone())
+                    .instrument(tracing::info_span!("revocation_stream")),
+            ));
         }
         let admin_tls = admin_tls.map(|(store, acceptor)| {
             background.push(tokio::spawn(store.watch("admin listener")));

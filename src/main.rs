@@ -111,6 +111,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The fleet relay (DESIGN §10): takes push, WSO2 notify and feed records and
+    /// publishes each new one to the NATS JetStream stream every sidecar follows.
+    Relay {
+        /// Relay config (TOML: [relay], [relay.stream]).
+        #[arg(long, env = "JWTGATE_RELAY_CONFIG")]
+        config: PathBuf,
+        /// Validate the config, print it (secrets redacted) and exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Zero-setup demo on loopback: key manager, echo upstream, proxy, and curl lines.
     Dev {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -165,6 +175,7 @@ fn main() -> ExitCode {
             path,
             json,
         } => inspect(&config, &method, &path, json),
+        Command::Relay { config, check } => relay(&config, check),
         Command::Dev {
             listen,
             admin_listen,
@@ -387,6 +398,33 @@ fn inject(
         jwtgate::inject::serve(listener, tls_cert, tls_key, defaults, shutdown_signal())
             .await
             .map_err(anyhow::Error::msg)
+    })
+}
+
+/// `jwtgate relay`: every config problem exits 64 before anything is bound.
+fn relay(path: &std::path::Path, check_only: bool) -> ExitCode {
+    let config = match jwtgate::config::RelayConfig::load(path, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if check_only {
+        match toml::to_string(&config) {
+            Ok(text) => print!("{text}"),
+            Err(e) => eprintln!("cannot print the config: {e}"),
+        }
+        eprintln!("config OK: {}", path.display());
+        return ExitCode::SUCCESS;
+    }
+    run(async move {
+        let relay = jwtgate::fleet::relay::Relay::bind(config)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        relay.run(shutdown_signal()).await;
+        Ok(())
     })
 }
 

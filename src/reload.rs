@@ -372,10 +372,14 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<ConfigError> {
         o.h2_max_concurrent_streams == n.h2_max_concurrent_streams,
     );
     match (&old.revocation, &new.revocation) {
-        (Some(o), Some(n)) => check(
-            "revocation.snapshot_path",
-            o.snapshot_path == n.snapshot_path,
-        ),
+        (Some(o), Some(n)) => {
+            check(
+                "revocation.snapshot_path",
+                o.snapshot_path == n.snapshot_path,
+            );
+            // The follower's connection and cursor are made at start.
+            check("revocation.stream", o.stream == n.stream);
+        }
         (None, None) => {}
         _ => check("revocation", false),
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 pub use crate::jose::{Algorithm, normalize_typ};
 
 mod env;
+mod fleet;
 mod policy;
 mod raw;
 mod validate;
@@ -27,6 +28,7 @@ use raw::*;
 use serde::Serialize;
 use validate::*;
 
+pub use fleet::{DEFAULT_STREAM, RelayConfig, StreamConfig};
 pub use policy::{
     AuthMode, ClaimHeader, ClaimPath, ClaimRule, CorsPreflight, PathMatch, PolicyConfig,
     RouteConfig, TokenConfig, TokenSource, methods_take,
@@ -359,6 +361,8 @@ pub struct RevocationConfig {
     pub max_sync_age: Duration,
     pub on_stale: OnStale,
     pub require_jti: bool,
+    /// `[revocation.stream]`: follow the fleet stream (DESIGN §10) instead of a feed.
+    pub stream: Option<StreamConfig>,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -548,6 +552,9 @@ impl Config {
             }
             if let Some(path) = &r.snapshot_path {
                 check_snapshot_dir(path, &mut p);
+            }
+            if let Some(s) = &r.stream {
+                fleet::check_stream_files(s, "revocation.stream", &mut p);
             }
         }
         if p.0.is_empty() {

@@ -136,6 +136,7 @@ pub(super) struct RawRevocation {
     pub(super) max_sync_age_s: Option<u64>,
     pub(super) on_stale: Option<String>,
     pub(super) require_jti: Option<bool>,
+    pub(super) stream: Option<super::fleet::RawStream>,
 }
 
 #[derive(Deserialize, Default)]

@@ -538,6 +538,15 @@ pub(super) fn validate_revocation(raw: RawRevocation, p: &mut Problems) -> Revoc
         p,
     );
     let snapshot_path = raw.snapshot_path.map(PathBuf::from);
+    let stream = raw
+        .stream
+        .map(|s| super::fleet::validate_stream(s, "revocation.stream", p));
+    if stream.is_some() && feed.is_some() {
+        p.push(
+            k("feed_url"),
+            "set feed_url or [revocation.stream], not both: with the stream, the relay polls the key manager",
+        );
+    }
     RevocationConfig {
         feed,
         snapshot_path,
@@ -547,6 +556,7 @@ pub(super) fn validate_revocation(raw: RawRevocation, p: &mut Problems) -> Revoc
         max_sync_age: Duration::from_secs(max_sync_age_s),
         on_stale,
         require_jti: raw.require_jti.unwrap_or(true),
+        stream,
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::Revocation;
 use super::record::{self, BodyError, FeedPage};
-use super::{EventResult, RevocationSource};
+use super::RevocationSource;
 use crate::config::{FeedConfig, FeedFormat};
 
 /// Largest feed body accepted (a full WSO2 list or a native reset can be large).
@@ -78,7 +78,7 @@ impl Poller {
                 let (records, future) = self.rev.screen_all(records);
                 errors.extend(future);
                 self.report(RevocationSource::Wso2Poll, &errors);
-                Ok(self.rev.apply(RevocationSource::Wso2Poll, &records))
+                self.rev.accept(RevocationSource::Wso2Poll, records).await
             }
             FeedFormat::Jwtgate => {
                 let mut applied = 0;
@@ -107,7 +107,7 @@ impl Poller {
                         }
                     }
                     self.report(RevocationSource::NativePoll, &errors);
-                    applied += self.rev.apply(RevocationSource::NativePoll, &records);
+                    applied += self.rev.accept(RevocationSource::NativePoll, records).await?;
                     let advanced = page.cursor.is_some() && page.cursor != self.rev.cursor();
                     if page.cursor.is_some() {
                         self.rev.set_cursor(page.cursor);
@@ -125,9 +125,7 @@ impl Poller {
         if errors.is_empty() {
             return;
         }
-        self.rev
-            .metrics
-            .event(source, EventResult::Rejected, errors.len() as u64);
+        self.rev.rejected(source, errors.len() as u64);
         tracing::warn!(
             skipped = errors.len(),
             first = %errors[0],

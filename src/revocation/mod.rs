@@ -7,7 +7,10 @@
 //! - the snapshot is restored before the first request is served; a corrupt one is moved
 //!   aside and the list is not ready until a source has synced;
 //! - readers never block: see [`list`];
-//! - staleness counts poll sources only; a push-only configuration is never stale.
+//! - staleness counts poll sources and the fleet stream only; a push-only configuration
+//!   is never stale;
+//! - in a relay, accepted records go to an [`Outlet`] (the fleet stream) instead of the
+//!   local list, and count as applied only once it took them.
 
 pub mod feed;
 pub mod list;
@@ -35,15 +38,18 @@ pub enum RevocationSource {
     Wso2Poll,
     Push,
     Notify,
+    /// The fleet stream (DESIGN §10).
+    Stream,
 }
 
 impl RevocationSource {
     /// Every source, for registering the metric children.
-    pub const ALL: [RevocationSource; 4] = [
+    pub const ALL: [RevocationSource; 5] = [
         RevocationSource::NativePoll,
         RevocationSource::Wso2Poll,
         RevocationSource::Push,
         RevocationSource::Notify,
+        RevocationSource::Stream,
     ];
 
     /// The `source` label.
@@ -53,6 +59,7 @@ impl RevocationSource {
             RevocationSource::Wso2Poll => "wso2_poll",
             RevocationSource::Push => "push",
             RevocationSource::Notify => "notify",
+            RevocationSource::Stream => "stream",
         }
     }
 }
@@ -112,7 +119,11 @@ impl RevocationMetrics {
             "Revocation feed polls by source and result.",
             &["source", "result"],
         );
-        for s in [RevocationSource::NativePoll, RevocationSource::Wso2Poll] {
+        for s in [
+            RevocationSource::NativePoll,
+            RevocationSource::Wso2Poll,
+            RevocationSource::Stream,
+        ] {
             for result in ["ok", "error"] {
                 syncs.with_label_values(&[s.label(), result]);
             }
@@ -162,6 +173,20 @@ impl RevocationMetrics {
             .with_label_values(&[source.label(), result])
             .inc();
     }
+}
+
+/// Where a relay sends the records its sources accept (DESIGN §10): the fleet stream. A
+/// push is answered, and a poll counts as synced, only once the outlet took its records.
+pub trait Outlet: Send + Sync {
+    /// Takes records from `source`; `Ok` is how many were new to the outlet.
+    fn deliver(
+        &self,
+        source: RevocationSource,
+        records: Vec<Record>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, String>> + Send + '_>>;
+
+    /// Counts `n` records from `source` refused before they reached the outlet.
+    fn rejected(&self, source: RevocationSource, n: u64);
 }
 
 /// How often the cleanup sweep runs.
@@ -263,6 +288,10 @@ pub struct Revocation {
     stale: AtomicBool,
     dirty: AtomicBool,
     dirty_signal: tokio::sync::Notify,
+    /// A snapshot was restored at start.
+    restored: bool,
+    /// Set in a relay: accepted records go there instead of into `list`.
+    outlet: std::sync::OnceLock<Arc<dyn Outlet>>,
 }
 
 /// What a start finds on disk.
@@ -272,6 +301,7 @@ struct Start {
     stored_bound: Option<LifetimeBound>,
     /// Restored, or nothing to wait for (push only, nothing ever held).
     ready: bool,
+    restored: bool,
 }
 
 /// Restores the snapshot, if any. A corrupt one is moved aside and the list starts empty,
@@ -282,13 +312,17 @@ fn restore(cfg: &RevocationConfig, now: i64) -> Start {
         cursor: None,
         stored_bound: None,
         ready,
+        restored: false,
     };
+    // With nothing to wait for (push only), ready at once. The stream's follower decides
+    // for itself (DESIGN §10), so a restored snapshot does not make a follower ready.
+    let nothing_to_sync = cfg.feed.is_none() && cfg.stream.is_none();
     match cfg.snapshot_path.as_deref().map(snapshot::load) {
-        None => fresh(cfg.feed.is_none()),
+        None => fresh(nothing_to_sync),
         Some(Ok(None)) => {
             tracing::info!("no revocation snapshot yet; waiting for a first sync");
             // Nothing was ever held here: with only push as a source, nothing to wait for.
-            fresh(cfg.feed.is_none())
+            fresh(nothing_to_sync)
         }
         Some(Ok(Some(restored))) => {
             tracing::info!(
@@ -299,7 +333,8 @@ fn restore(cfg: &RevocationConfig, now: i64) -> Start {
                 list: restored.list,
                 cursor: restored.cursor,
                 stored_bound: restored.bound,
-                ready: true,
+                ready: cfg.stream.is_none(),
+                restored: true,
             }
         }
         Some(Err(e)) => {
@@ -331,6 +366,7 @@ impl Revocation {
             cursor,
             stored_bound,
             ready,
+            restored,
         } = restore(&cfg, now);
         let bound =
             LifetimeBound::carry(stored_bound, cfg.max_token_lifetime_s as i64, now, leeway);
@@ -357,6 +393,8 @@ impl Revocation {
             stale: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             dirty_signal: tokio::sync::Notify::new(),
+            restored,
+            outlet: std::sync::OnceLock::new(),
         };
         r.update_gauges();
         if bound_changed {
@@ -402,9 +440,9 @@ impl Revocation {
             return true;
         }
         let settings = self.settings.load();
-        let Some(_) = &settings.cfg.feed else {
+        if settings.cfg.feed.is_none() && settings.cfg.stream.is_none() {
             return false;
-        };
+        }
         let last = self
             .last_poll_ok
             .load(Ordering::Acquire)
@@ -469,19 +507,86 @@ impl Revocation {
         Ok(())
     }
 
-    /// Merges records from `source` and schedules a snapshot write.
+    /// Merges records from `source` and schedules a snapshot write; the first source to
+    /// deliver makes the list ready (the stream's follower uses [`Revocation::merge`]).
     pub fn apply(&self, source: RevocationSource, records: &[Record]) -> usize {
-        let new = self.list.apply(records);
-        self.metrics
-            .event(source, EventResult::Applied, records.len() as u64);
+        let new = self.merge(source, records);
         if !self.ready.swap(true, Ordering::AcqRel) {
             self.note_stale(self.is_stale());
         }
+        new
+    }
+
+    /// Merges records from `source` without touching readiness.
+    pub fn merge(&self, source: RevocationSource, records: &[Record]) -> usize {
+        let new = self.list.apply(records);
+        self.metrics
+            .event(source, EventResult::Applied, records.len() as u64);
         if new > 0 {
             self.mark_dirty();
         }
         self.update_gauges();
         new
+    }
+
+    /// What a source accepted: into the relay's outlet when one is set (`Err` when it
+    /// could not take them: nothing counts as applied), else into the list.
+    pub async fn accept(
+        &self,
+        source: RevocationSource,
+        records: Vec<Record>,
+    ) -> Result<usize, String> {
+        match self.outlet.get() {
+            Some(outlet) => outlet.deliver(source, records).await,
+            None => Ok(self.apply(source, &records)),
+        }
+    }
+
+    /// Counts `n` records or events from `source` refused as malformed (and tells the
+    /// relay's outlet, which counts them too).
+    pub fn rejected(&self, source: RevocationSource, n: u64) {
+        self.metrics.event(source, EventResult::Rejected, n);
+        if let Some(outlet) = self.outlet.get() {
+            outlet.rejected(source, n);
+        }
+    }
+
+    /// Makes this a relay's source side: see [`Outlet`]. Set once, before any source runs.
+    pub fn set_outlet(&self, outlet: Arc<dyn Outlet>) {
+        let _ = self.outlet.set(outlet);
+    }
+
+    /// Whether a snapshot was restored at start.
+    pub fn restored(&self) -> bool {
+        self.restored
+    }
+
+    /// The stream's follower: ready once caught up (or after the grace period with a
+    /// restored snapshot and the stream unreachable).
+    pub fn set_ready(&self) {
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            self.note_stale(self.is_stale());
+        }
+    }
+
+    /// The stream's follower: every record the source held at `at` (Unix seconds, not
+    /// later than now) is applied here.
+    pub fn synced_at(&self, source: RevocationSource, at: i64) {
+        let at = at.min(self.clock.now());
+        self.last_poll_ok.fetch_max(at, Ordering::AcqRel);
+        self.metrics.last_sync.set(self.last_poll_ok.load(Ordering::Acquire));
+        self.metrics.sync(source, true);
+        self.note_stale(self.is_stale());
+    }
+
+    /// Clock time of the last successful sync, if any (a relay's heartbeat carries it).
+    pub fn last_sync(&self) -> Option<i64> {
+        Some(self.last_poll_ok.load(Ordering::Acquire)).filter(|t| *t > 0)
+    }
+
+    /// Re-evaluates staleness now (the gauge and the log line), for a follower's ticks.
+    pub fn refresh_stale(&self) {
+        self.note_stale(self.is_stale());
     }
 
     /// Records a successful poll (staleness and readiness).
