@@ -412,7 +412,9 @@ fn relay(path: &std::path::Path, check_only: bool) -> ExitCode {
         }
     };
     if check_only {
-        match toml::to_string(&config) {
+        let mut doc = std::collections::BTreeMap::new();
+        doc.insert("relay", &config);
+        match toml::to_string(&doc) {
             Ok(text) => print!("{text}"),
             Err(e) => eprintln!("cannot print the config: {e}"),
         }

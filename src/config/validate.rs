@@ -541,6 +541,12 @@ pub(super) fn validate_revocation(raw: RawRevocation, p: &mut Problems) -> Revoc
     let stream = raw
         .stream
         .map(|s| super::fleet::validate_stream(s, "revocation.stream", p));
+    if stream.is_some() && max_sync_age_s < 5 {
+        p.push(
+            k("max_sync_age_s"),
+            "must be at least 5 with [revocation.stream]: the relay's heartbeat comes every 2 s",
+        );
+    }
     if stream.is_some() && feed.is_some() {
         p.push(
             k("feed_url"),

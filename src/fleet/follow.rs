@@ -255,6 +255,7 @@ impl Follower {
         let js = async_nats::jetstream::new(client);
         let mut pending: Option<Option<Gap>> = Some(None);
         let mut beats_ahead = 0u32;
+        let mut lost = false;
         let mut retries = 0u32;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -306,7 +307,10 @@ impl Follower {
                     None => return End::Lost("heartbeat subscription closed".into()),
                 },
                 e = events.recv() => match e {
-                    Some(async_nats::Event::Connected) => {
+                    // The client reports its first connection too: only a connection
+                    // after a loss is a reconnect.
+                    Some(async_nats::Event::Connected) if lost => {
+                        lost = false;
                         self.metrics.connected.set(1);
                         // Every sidecar reconnects at once after a server restart: spread
                         // their catch-ups.
@@ -314,6 +318,7 @@ impl Follower {
                         pending = Some(Some(Gap::Reconnect));
                     }
                     Some(async_nats::Event::Disconnected) => {
+                        lost = true;
                         self.metrics.connected.set(0);
                         tracing::warn!("revocation stream disconnected; the client reconnects");
                     }
