@@ -252,11 +252,12 @@ impl Admin {
             ignored => Ok(ignored),
         });
         match screened {
-            Ok(record::Notify::Record(r)) => match rev.accept(RevocationSource::Notify, vec![r]).await
-            {
-                Ok(_) => json_resp(StatusCode::OK, &json!({"applied": 1})),
-                Err(e) => unavailable(&e),
-            },
+            Ok(record::Notify::Record(r)) => {
+                match rev.accept(RevocationSource::Notify, vec![r]).await {
+                    Ok(_) => json_resp(StatusCode::OK, &json!({"applied": 1})),
+                    Err(e) => unavailable(&e),
+                }
+            }
             Ok(record::Notify::Ignored) => {
                 rev.metrics()
                     .event(RevocationSource::Notify, EventResult::Ignored, 1);

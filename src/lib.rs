@@ -52,6 +52,7 @@ pub mod clock;
 pub mod config;
 pub mod devkm;
 pub mod fetch;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod hashing;
@@ -68,7 +69,6 @@ pub mod proxy;
 pub mod reject;
 pub mod reload;
 pub mod revocation;
-pub mod fleet;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -119,6 +119,21 @@ pub struct App {
     admin: Arc<admin::Admin>,
 }
 
+/// The stream's follower, when `[revocation.stream]` is set (DESIGN §10).
+fn follower(
+    config: &Config,
+    revocation: Option<&Arc<Revocation>>,
+    metrics: &Metrics,
+) -> Option<fleet::follow::Follower> {
+    let stream = config.revocation.as_ref()?.stream.clone()?;
+    Some(fleet::follow::Follower::new(
+        revocation?.clone(),
+        stream,
+        fleet::follow::StreamMetrics::register(metrics),
+        config.max_leeway_s(),
+    ))
+}
+
 /// How often the rejection summary is logged at info.
 const REJECTION_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
@@ -152,15 +167,7 @@ impl App {
             Some(rev) => rev.poller().map_err(StartError::Feed)?,
             None => None,
         };
-        let follower = match (&revocation, config.revocation.as_ref().and_then(|r| r.stream.clone())) {
-            (Some(rev), Some(stream)) => Some(fleet::follow::Follower::new(
-                rev.clone(),
-                stream,
-                fleet::follow::StreamMetrics::register(&metrics),
-                config.max_leeway_s(),
-            )),
-            _ => None,
-        };
+        let follower = follower(&config, revocation.as_ref(), &metrics);
         let auth_metrics = AuthMetrics::register(&metrics);
         let auth = Arc::new(Authenticator::for_generation(
             &config,

@@ -23,7 +23,11 @@ struct Nats {
 impl Nats {
     /// `None` when nats-server is missing outside CI (in CI it is a failure).
     async fn start() -> Option<Nats> {
-        if Command::new("nats-server").arg("--version").output().is_err() {
+        if Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             assert!(std::env::var("CI").is_err(), "nats-server missing in CI");
             eprintln!("skipped: nats-server not installed");
             return None;
@@ -44,7 +48,14 @@ impl Nats {
 
     async fn up(&mut self) {
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&self.dir.0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -128,7 +139,12 @@ impl Relay {
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
-        match self.http.get(format!("http://{}{path}", self.addr)).send().await {
+        match self
+            .http
+            .get(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+        {
             Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
             Err(_) => (0, String::new()),
         }
@@ -192,7 +208,11 @@ async fn is_revoked(h: &Harness, token: &str) -> bool {
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if status == 401 {
         assert_eq!(body["error_description"], "token has been revoked");
-        assert_eq!(h.upstream.count(), before, "a revoked request reached the upstream");
+        assert_eq!(
+            h.upstream.count(),
+            before,
+            "a revoked request reached the upstream"
+        );
         return true;
     }
     assert_eq!(status, 200, "{body}");
@@ -212,7 +232,9 @@ async fn stop(h: &mut Harness) {
 
 #[tokio::test]
 async fn a_revocation_is_refused_by_three_sidecars_within_a_second() {
-    let Some(nats) = Nats::start().await else { return };
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
     let relay = Relay::start(&nats, "").await;
     let key = DevKey::p256("k");
     let keys = key_server(&key).await;
@@ -253,21 +275,27 @@ async fn a_revocation_is_refused_by_three_sidecars_within_a_second() {
         assert_eq!(h.metric("jwtgate_revocation_stream_gaps_total").await, 0.0);
     }
     assert_eq!(
-        relay.metric(r#"jwtgate_relay_records_total{result="published",source="push"}"#).await,
+        relay
+            .metric(r#"jwtgate_relay_records_total{result="published",source="push"}"#)
+            .await,
         1.0
     );
     // The same record again adds nothing: not published twice.
     assert_eq!(relay.push(json!([jti_record(&claims)])).await, 202);
     assert_eq!(nats.last_seq().await, 1);
     assert_eq!(
-        relay.metric(r#"jwtgate_relay_records_total{result="dominated",source="push"}"#).await,
+        relay
+            .metric(r#"jwtgate_relay_records_total{result="dominated",source="push"}"#)
+            .await,
         1.0
     );
 }
 
 #[tokio::test]
 async fn a_stopped_sidecar_catches_up_on_1000_revocations_before_it_turns_ready() {
-    let Some(nats) = Nats::start().await else { return };
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
     let relay = Relay::start(&nats, "").await;
     let key = DevKey::p256("k");
     let keys = key_server(&key).await;
@@ -276,7 +304,10 @@ async fn a_stopped_sidecar_catches_up_on_1000_revocations_before_it_turns_ready(
     let mut h = sidecar(&nats, &keys, &snap, true).await;
     let first = h.claims();
     assert_eq!(relay.push(json!([jti_record(&first)])).await, 202);
-    assert!(h.eventually(5, || async { is_revoked(&h, &key.token(&first)).await }).await);
+    assert!(
+        h.eventually(5, || async { is_revoked(&h, &key.token(&first)).await })
+            .await
+    );
     stop(&mut h).await;
 
     let mut last = Value::Null;
@@ -295,20 +326,34 @@ async fn a_stopped_sidecar_catches_up_on_1000_revocations_before_it_turns_ready(
 
     let h = sidecar(&nats, &keys, &snap, false).await;
     let t0 = Instant::now();
-    while h.readyz().await != 200 {
+    // One scrape evaluates readiness and then reads the sequence: the first that says
+    // ready must already show every record applied.
+    loop {
+        let text = h.metrics().await;
+        if text.lines().any(|l| l == "jwtgate_ready 1") {
+            assert_eq!(
+                metric_value(&text, "jwtgate_revocation_stream_sequence"),
+                1001.0
+            );
+            break;
+        }
         assert!(t0.elapsed() < Duration::from_secs(10), "never ready");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // At the moment it turns ready, the last of the 1,000 is already refused.
+    assert_eq!(h.readyz().await, 200);
     assert!(is_revoked(&h, &key.token(&last)).await);
-    assert!(is_revoked(&h, &key.token(&first)).await, "restored from the snapshot");
+    assert!(
+        is_revoked(&h, &key.token(&first)).await,
+        "restored from the snapshot"
+    );
     assert_eq!(h.metric(r#"jwtgate_revocations{kind="jti"}"#).await, 1001.0);
     assert_eq!(h.metric("jwtgate_revocation_stream_sequence").await, 1001.0);
 }
 
 #[tokio::test]
 async fn a_nats_restart_mid_stream_loses_nothing() {
-    let Some(mut nats) = Nats::start().await else { return };
+    let Some(mut nats) = Nats::start().await else {
+        return;
+    };
     let relay = Relay::start(&nats, "").await;
     let key = DevKey::p256("k");
     let keys = key_server(&key).await;
@@ -327,7 +372,10 @@ async fn a_nats_restart_mid_stream_loses_nothing() {
         // The key manager retries a refused push until it is taken.
         let t0 = Instant::now();
         while relay.push(json!([jti_record(&c)])).await != 202 {
-            assert!(t0.elapsed() < Duration::from_secs(20), "relay never took record {i}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "relay never took record {i}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -342,20 +390,29 @@ async fn a_nats_restart_mid_stream_loses_nothing() {
     for t in &tokens {
         assert!(is_revoked(&h, t).await);
     }
-    assert!(h.metric(r#"jwtgate_revocation_stream_gaps_total{reason="reconnect"}"#).await >= 1.0);
+    assert!(
+        h.metric(r#"jwtgate_revocation_stream_gaps_total{reason="reconnect"}"#)
+            .await
+            >= 1.0
+    );
     assert_eq!(nats.last_seq().await, 60, "file storage kept every record");
 }
 
 #[tokio::test]
 async fn a_deleted_and_recreated_stream_is_merged_and_nothing_is_lost() {
-    let Some(nats) = Nats::start().await else { return };
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
     let relay = Relay::start(&nats, "").await;
     let key = DevKey::p256("k");
     let keys = key_server(&key).await;
     let h = sidecar(&nats, &keys, "", true).await;
     let x = h.claims();
     assert_eq!(relay.push(json!([jti_record(&x)])).await, 202);
-    assert!(h.eventually(5, || async { is_revoked(&h, &key.token(&x)).await }).await);
+    assert!(
+        h.eventually(5, || async { is_revoked(&h, &key.token(&x)).await })
+            .await
+    );
 
     // The operator deletes the stream.
     let js = async_nats::jetstream::new(nats.client().await);
@@ -363,16 +420,24 @@ async fn a_deleted_and_recreated_stream_is_merged_and_nothing_is_lost() {
     // Within a heartbeat the relay creates it again, with what it holds.
     let t0 = Instant::now();
     while js.get_stream("JWTGATE_REV").await.is_err() || nats.last_seq().await < 1 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "stream not recreated");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "stream not recreated"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let y = h.claims();
     assert_eq!(relay.push(json!([jti_record(&y)])).await, 202);
-    assert!(h.eventually(10, || async { is_revoked(&h, &key.token(&y)).await }).await);
+    assert!(
+        h.eventually(10, || async { is_revoked(&h, &key.token(&y)).await })
+            .await
+    );
     assert!(is_revoked(&h, &key.token(&x)).await, "merged, not replaced");
     assert!(
         h.eventually(5, || async {
-            h.metric(r#"jwtgate_revocation_stream_gaps_total{reason="recreated"}"#).await >= 1.0
+            h.metric(r#"jwtgate_revocation_stream_gaps_total{reason="recreated"}"#)
+                .await
+                >= 1.0
         })
         .await
     );
@@ -384,7 +449,9 @@ async fn a_deleted_and_recreated_stream_is_merged_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn the_same_wso2_revocation_by_notify_and_by_feed_is_one_stream_message() {
-    let Some(nats) = Nats::start().await else { return };
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
     let feed = Feed::start().await;
     let relay = Relay::start(
         &nats,
@@ -426,30 +493,42 @@ async fn the_same_wso2_revocation_by_notify_and_by_feed_is_one_stream_message() 
     assert!(is_revoked(&h, &token).await, "applied as a WSO2 record");
     assert_eq!(nats.last_seq().await, 1, "one stream message");
     assert_eq!(
-        relay.metric(r#"jwtgate_relay_records_total{result="published",source="notify"}"#).await,
+        relay
+            .metric(r#"jwtgate_relay_records_total{result="published",source="notify"}"#)
+            .await,
         1.0
     );
     assert!(
-        relay.metric(r#"jwtgate_relay_records_total{result="dominated",source="wso2_poll"}"#).await
+        relay
+            .metric(r#"jwtgate_relay_records_total{result="dominated",source="wso2_poll"}"#)
+            .await
             >= 1.0
     );
     // It kept its origin: a WSO2 jti record is a `wso2` message.
     let js = async_nats::jetstream::new(nats.client().await);
     let stream = js.get_stream("JWTGATE_REV").await.unwrap();
     let m = stream.direct_get(1).await.unwrap();
-    assert_eq!(m.headers.get("Jwtgate-Format").map(|v| v.as_str()), Some("wso2"));
+    assert_eq!(
+        m.headers.get("Jwtgate-Format").map(|v| v.as_str()),
+        Some("wso2")
+    );
 }
 
 #[tokio::test]
 async fn a_crafted_live_message_whose_predecessor_is_ahead_triggers_catch_up_and_is_not_applied() {
-    let Some(nats) = Nats::start().await else { return };
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
     let relay = Relay::start(&nats, "").await;
     let key = DevKey::p256("k");
     let keys = key_server(&key).await;
     let h = sidecar(&nats, &keys, "", true).await;
     let a = h.claims();
     assert_eq!(relay.push(json!([jti_record(&a)])).await, 202);
-    assert!(h.eventually(5, || async { is_revoked(&h, &key.token(&a)).await }).await);
+    assert!(
+        h.eventually(5, || async { is_revoked(&h, &key.token(&a)).await })
+            .await
+    );
 
     let client = nats.client().await;
     let forged = h.claims();
@@ -463,17 +542,23 @@ async fn a_crafted_live_message_whose_predecessor_is_ahead_triggers_catch_up_and
         .await
         .unwrap();
     // No sequence headers at all: never applied either.
-    client.publish("jwtgate.live.v1", body.into()).await.unwrap();
+    client
+        .publish("jwtgate.live.v1", body.into())
+        .await
+        .unwrap();
     client.flush().await.unwrap();
     assert!(
         h.eventually(5, || async {
-            h.metric(r#"jwtgate_revocation_stream_gaps_total{reason="sequence"}"#).await == 1.0
+            h.metric(r#"jwtgate_revocation_stream_gaps_total{reason="sequence"}"#)
+                .await
+                == 1.0
         })
         .await
     );
     assert!(
         h.eventually(5, || async {
-            h.metric(r#"jwtgate_revocation_events_total{result="rejected",source="stream"}"#).await
+            h.metric(r#"jwtgate_revocation_events_total{result="rejected",source="stream"}"#)
+                .await
                 == 1.0
         })
         .await
@@ -484,7 +569,10 @@ async fn a_crafted_live_message_whose_predecessor_is_ahead_triggers_catch_up_and
     // And the follower is live again.
     let b = h.claims();
     assert_eq!(relay.push(json!([jti_record(&b)])).await, 202);
-    assert!(h.eventually(5, || async { is_revoked(&h, &key.token(&b)).await }).await);
+    assert!(
+        h.eventually(5, || async { is_revoked(&h, &key.token(&b)).await })
+            .await
+    );
 }
 
 /// 503 "stale" (never forwarded), or 200 (forwarded).
@@ -498,7 +586,9 @@ async fn answers_stale(h: &Harness, token: &str) -> bool {
 
 #[tokio::test]
 async fn sidecars_go_stale_behind_a_dead_relay_or_a_relay_whose_key_manager_is_gone() {
-    let Some(nats) = Nats::start().await else { return };
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
     let key = DevKey::p256("k");
     let keys = key_server(&key).await;
     let lines = "max_sync_age_s = 5\non_stale = \"reject\"";
@@ -514,22 +604,34 @@ async fn sidecars_go_stale_behind_a_dead_relay_or_a_relay_whose_key_manager_is_g
     let token = key.token(&h.claims());
     assert!(!is_revoked(&h, &token).await);
     feed.set_down(true);
-    assert!(h.eventually(15, || answers_stale(&h, &token)).await, "never stale");
+    assert!(
+        h.eventually(15, || answers_stale(&h, &token)).await,
+        "never stale"
+    );
     assert_eq!(h.metric("jwtgate_revocation_stale").await, 1.0);
     feed.set_down(false);
-    assert!(h.eventually(10, || async { !answers_stale(&h, &token).await }).await, "never in sync again");
+    assert!(
+        h.eventually(10, || async { !answers_stale(&h, &token).await })
+            .await,
+        "never in sync again"
+    );
 
     // The relay dies; NATS lives on: no heartbeat for max_sync_age_s is stale too.
     relay.stop().await;
     let t0 = Instant::now();
-    assert!(h.eventually(15, || answers_stale(&h, &token)).await, "never stale");
+    assert!(
+        h.eventually(15, || answers_stale(&h, &token)).await,
+        "never stale"
+    );
     assert!(t0.elapsed() >= Duration::from_secs(2), "stale too early");
     assert_eq!(h.metric("jwtgate_revocation_stream_connected").await, 1.0);
 }
 
 #[tokio::test]
 async fn bad_stream_messages_are_counted_and_skipped_without_a_stall() {
-    let Some(nats) = Nats::start().await else { return };
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
     let relay = Relay::start(&nats, "").await;
     let key = DevKey::p256("k");
     let keys = key_server(&key).await;
@@ -554,14 +656,22 @@ async fn bad_stream_messages_are_counted_and_skipped_without_a_stall() {
     let far = h.claims();
     let far_record = json!({"kind": "jti", "jti": far["jti"], "exp": now() + 10 * 365 * 86400});
     publish(None, "not json".into()).await;
-    publish(Some("v9"), json!({"revocations": [jti_record(&unknown)]}).to_string()).await;
+    publish(
+        Some("v9"),
+        json!({"revocations": [jti_record(&unknown)]}).to_string(),
+    )
+    .await;
     publish(None, json!({"revocations": [far_record]}).to_string()).await;
     publish(None, json!({"revocations": [{"kind": "jti"}]}).to_string()).await;
     let ok = h.claims();
     publish(None, json!({"revocations": [jti_record(&ok)]}).to_string()).await;
-    assert!(h.eventually(5, || async { is_revoked(&h, &key.token(&ok)).await }).await);
+    assert!(
+        h.eventually(5, || async { is_revoked(&h, &key.token(&ok)).await })
+            .await
+    );
     assert_eq!(
-        h.metric(r#"jwtgate_revocation_events_total{result="rejected",source="stream"}"#).await,
+        h.metric(r#"jwtgate_revocation_events_total{result="rejected",source="stream"}"#)
+            .await,
         4.0
     );
     assert!(!is_revoked(&h, &key.token(&unknown)).await);
@@ -570,13 +680,22 @@ async fn bad_stream_messages_are_counted_and_skipped_without_a_stall() {
     // No stall: the relay's next record is applied live.
     let next = h.claims();
     assert_eq!(relay.push(json!([jti_record(&next)])).await, 202);
-    assert!(h.eventually(5, || async { is_revoked(&h, &key.token(&next)).await }).await);
-    assert_eq!(h.metric(r#"jwtgate_revocation_stream_gaps_total{reason="sequence"}"#).await, 0.0);
+    assert!(
+        h.eventually(5, || async { is_revoked(&h, &key.token(&next)).await })
+            .await
+    );
+    assert_eq!(
+        h.metric(r#"jwtgate_revocation_stream_gaps_total{reason="sequence"}"#)
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test]
 async fn with_a_snapshot_and_nats_unreachable_a_sidecar_serves_from_the_snapshot() {
-    let Some(mut nats) = Nats::start().await else { return };
+    let Some(mut nats) = Nats::start().await else {
+        return;
+    };
     let relay = Relay::start(&nats, "").await;
     let key = DevKey::p256("k");
     let keys = key_server(&key).await;
@@ -585,7 +704,10 @@ async fn with_a_snapshot_and_nats_unreachable_a_sidecar_serves_from_the_snapshot
     let mut h = sidecar(&nats, &keys, &snap, true).await;
     let c = h.claims();
     assert_eq!(relay.push(json!([jti_record(&c)])).await, 202);
-    assert!(h.eventually(5, || async { is_revoked(&h, &key.token(&c)).await }).await);
+    assert!(
+        h.eventually(5, || async { is_revoked(&h, &key.token(&c)).await })
+            .await
+    );
     stop(&mut h).await;
     nats.down();
 
@@ -593,7 +715,10 @@ async fn with_a_snapshot_and_nats_unreachable_a_sidecar_serves_from_the_snapshot
     assert_eq!(h.readyz().await, 503, "not ready at once");
     let t0 = Instant::now();
     assert!(h.eventually(10, || async { h.readyz().await == 200 }).await);
-    assert!(t0.elapsed() >= Duration::from_secs(3), "ready after the grace period");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "ready after the grace period"
+    );
     assert!(is_revoked(&h, &key.token(&c)).await, "from the snapshot");
     assert_eq!(h.metric("jwtgate_revocation_stream_connected").await, 0.0);
     // The stream comes back: connected, and whatever was published is applied.

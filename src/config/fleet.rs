@@ -43,7 +43,10 @@ pub(super) fn validate_stream(raw: RawStream, prefix: &str, p: &mut Problems) ->
     let k = |f: &str| format!("{prefix}.{f}");
     let urls = raw.urls.unwrap_or_default();
     if urls.is_empty() {
-        p.push(k("urls"), "name at least one NATS server (nats://host:4222)");
+        p.push(
+            k("urls"),
+            "name at least one NATS server (nats://host:4222)",
+        );
     }
     for (i, u) in urls.iter().enumerate() {
         match reqwest::Url::parse(u) {
@@ -312,7 +315,9 @@ replicas = 9
             );
         }
         assert!(!e.iter().any(|l| l.contains("revocation.")), "{e:#?}");
-        assert!(errors("[relay]\n[relay.stream]\nurls=[\"nats://h:1\"]\n")[0].contains("no source"));
+        assert!(
+            errors("[relay]\n[relay.stream]\nurls=[\"nats://h:1\"]\n")[0].contains("no source")
+        );
         assert!(errors("[server]\n")[0].starts_with("server:"));
     }
 }

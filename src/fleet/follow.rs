@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 
-use super::{Bad, HEARTBEAT, Heartbeat, LIVE, PUBLISHED_HEADER, STORED, FORMAT_HEADER};
+use super::{Bad, FORMAT_HEADER, HEARTBEAT, Heartbeat, LIVE, PUBLISHED_HEADER, STORED};
 use crate::config::StreamConfig;
 use crate::metrics::Metrics;
 use crate::revocation::{EventResult, Record, Revocation, RevocationSource};
@@ -100,7 +100,9 @@ impl StreamMetrics {
             propagation: m.histogram(
                 "jwtgate_revocation_propagation_seconds",
                 "Time from the relay's publish to the record applied here (live messages).",
-                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
             ),
         }
     }
@@ -177,8 +179,7 @@ impl Follower {
     ) -> Follower {
         let cursor = Cursor::parse(rev.cursor().as_deref(), &cfg.name);
         metrics.sequence.set(cursor.seq as i64);
-        let needed =
-            rev.settings().cfg.max_token_lifetime_s + u64::try_from(leeway_s).unwrap_or(0);
+        let needed = rev.settings().cfg.max_token_lifetime_s + u64::try_from(leeway_s).unwrap_or(0);
         Follower {
             rev,
             cfg,
@@ -262,7 +263,11 @@ impl Follower {
             if let Some(gap) = pending.take() {
                 if let Some(g) = gap {
                     self.metrics.gap(g);
-                    tracing::info!(reason = g.label(), seq = self.cursor.seq, "revocation stream: catching up");
+                    tracing::info!(
+                        reason = g.label(),
+                        seq = self.cursor.seq,
+                        "revocation stream: catching up"
+                    );
                 }
                 match self.catch_up(&js).await {
                     Ok(()) => {
@@ -338,7 +343,10 @@ impl Follower {
         let seq = |name| super::last_header(h, name).and_then(|v| v.parse::<u64>().ok());
         let (Some(s), Some(p)) = (seq("Nats-Sequence"), seq("Nats-Last-Sequence")) else {
             // Not a copy the server made of a stored message: never applied.
-            self.bad("no_sequence", "a live message without stream sequence headers");
+            self.bad(
+                "no_sequence",
+                "a live message without stream sequence headers",
+            );
             return None;
         };
         if super::last_header(h, "Nats-Stream") != Some(self.cfg.name.as_str()) {
@@ -352,7 +360,9 @@ impl Follower {
         }
         if let Some(records) = self.records(h, &m.payload) {
             self.rev.merge(RevocationSource::Stream, &records);
-            if let Some(ms) = super::last_header(h, PUBLISHED_HEADER).and_then(|v| v.parse::<i64>().ok()) {
+            if let Some(ms) =
+                super::last_header(h, PUBLISHED_HEADER).and_then(|v| v.parse::<i64>().ok())
+            {
                 let age = super::now_ms().saturating_sub(ms);
                 if age >= 0 {
                     self.metrics.propagation.observe(age as f64 / 1000.0);
@@ -388,14 +398,15 @@ impl Follower {
     /// The records of a message, screened like any source's; `None` (counted, logged once
     /// per cause) for a bad one.
     fn records(&mut self, h: Option<&async_nats::HeaderMap>, body: &[u8]) -> Option<Vec<Record>> {
-        let decoded = super::decode(super::last_header(h, FORMAT_HEADER), body).and_then(|records| {
-            for (i, r) in records.iter().enumerate() {
-                self.rev
-                    .screen(i, r)
-                    .map_err(|e| Bad::Unreadable(e.to_string()))?;
-            }
-            Ok(records)
-        });
+        let decoded =
+            super::decode(super::last_header(h, FORMAT_HEADER), body).and_then(|records| {
+                for (i, r) in records.iter().enumerate() {
+                    self.rev
+                        .screen(i, r)
+                        .map_err(|e| Bad::Unreadable(e.to_string()))?;
+                }
+                Ok(records)
+            });
         match decoded {
             Ok(records) => Some(records),
             Err(e) => {
@@ -418,7 +429,11 @@ impl Follower {
             .metrics()
             .event(RevocationSource::Stream, EventResult::Rejected, 1);
         if self.logged.insert(cause) {
-            tracing::warn!(cause, detail, "revocation stream message skipped (logged once per cause)");
+            tracing::warn!(
+                cause,
+                detail,
+                "revocation stream message skipped (logged once per cause)"
+            );
         }
     }
 
@@ -442,7 +457,11 @@ impl Follower {
             .get_stream(name)
             .await
             .map_err(|e| format!("stream {name}: {e} (is the relay running?)"))?;
-        let info = stream.info().await.map_err(|e| format!("stream {name} info: {e}"))?.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| format!("stream {name} info: {e}"))?
+            .clone();
         let max_age = info.config.max_age;
         if !max_age.is_zero() && max_age < self.needed_age {
             return Err(format!(
@@ -532,7 +551,10 @@ impl Follower {
                 .map_err(|_| "catch-up consumer timed out".to_owned())?
                 .ok_or("catch-up consumer ended")?
                 .map_err(|e| format!("catch-up consumer: {e}"))?;
-            let s = m.info().map_err(|e| format!("catch-up message: {e}"))?.stream_sequence;
+            let s = m
+                .info()
+                .map_err(|e| format!("catch-up message: {e}"))?
+                .stream_sequence;
             if let Some(records) = self.records(m.message.headers.as_ref(), &m.message.payload) {
                 batch.extend(records);
             }
@@ -562,7 +584,9 @@ async fn grace(
     }
     while !rev.is_ready() {
         if !catching_up.load(Ordering::Acquire) {
-            tracing::info!("revocation stream not caught up after 5 s: serving from the restored snapshot");
+            tracing::info!(
+                "revocation stream not caught up after 5 s: serving from the restored snapshot"
+            );
             rev.set_ready();
             return;
         }

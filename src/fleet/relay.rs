@@ -66,7 +66,11 @@ fn identity(r: &Record) -> ([u8; 32], i64) {
         } => (*target, id, iss.as_deref(), *revoked_at),
     };
     let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for field in [&[target.tag()][..], iss.unwrap_or("").as_bytes(), id.as_bytes()] {
+    for field in [
+        &[target.tag()][..],
+        iss.unwrap_or("").as_bytes(),
+        id.as_bytes(),
+    ] {
         h.update(&(field.len() as u32).to_be_bytes());
         h.update(field);
     }
@@ -166,7 +170,10 @@ impl Publisher {
         };
         match self.js.get_stream(name).await {
             Ok(mut stream) => {
-                let info = stream.info().await.map_err(|e| format!("stream {name}: {e}"))?;
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| format!("stream {name}: {e}"))?;
                 let c = &info.config;
                 let short = !c.max_age.is_zero() && c.max_age < wanted.max_age;
                 if short || c.republish != wanted.republish || !c.allow_direct {
@@ -181,7 +188,7 @@ impl Publisher {
                         .await
                         .map_err(|e| format!("stream {name} update: {e}"))?;
                 }
-                Ok((false, super::created_ns(&info)))
+                Ok((false, super::created_ns(info)))
             }
             Err(e) if is_not_found(&e) => {
                 let mut stream = self
@@ -189,7 +196,10 @@ impl Publisher {
                     .create_stream(wanted)
                     .await
                     .map_err(|e| format!("stream {name} create: {e}"))?;
-                let info = stream.info().await.map_err(|e| format!("stream {name}: {e}"))?;
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| format!("stream {name}: {e}"))?;
                 tracing::info!(stream = %name, "stream created");
                 Ok((true, super::created_ns(info)))
             }
@@ -435,8 +445,11 @@ async fn keep_stream(
             Err(error) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(%error, failures, "relay: stream not reachable yet; retrying");
-                let delay =
-                    crate::fetch::backoff(failures, Duration::from_millis(500), Duration::from_secs(30));
+                let delay = crate::fetch::backoff(
+                    failures,
+                    Duration::from_millis(500),
+                    Duration::from_secs(30),
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.changed() => return,
@@ -490,7 +503,9 @@ async fn heartbeat(client: &async_nats::Client, p: &Publisher, rev: &Revocation)
         }
     };
     let Some(mut stream) = info else { return };
-    let Ok(info) = stream.info().await else { return };
+    let Ok(info) = stream.info().await else {
+        return;
+    };
     let hb = Heartbeat {
         stream: name.clone(),
         created: super::created_ns(info),

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Revocation;
-use super::record::{self, BodyError, FeedPage};
 use super::RevocationSource;
+use super::record::{self, BodyError, FeedPage};
 use crate::config::{FeedConfig, FeedFormat};
 
 /// Largest feed body accepted (a full WSO2 list or a native reset can be large).
@@ -107,7 +107,10 @@ impl Poller {
                         }
                     }
                     self.report(RevocationSource::NativePoll, &errors);
-                    applied += self.rev.accept(RevocationSource::NativePoll, records).await?;
+                    applied += self
+                        .rev
+                        .accept(RevocationSource::NativePoll, records)
+                        .await?;
                     let advanced = page.cursor.is_some() && page.cursor != self.rev.cursor();
                     if page.cursor.is_some() {
                         self.rev.set_cursor(page.cursor);

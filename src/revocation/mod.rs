@@ -574,7 +574,9 @@ impl Revocation {
     pub fn synced_at(&self, source: RevocationSource, at: i64) {
         let at = at.min(self.clock.now());
         self.last_poll_ok.fetch_max(at, Ordering::AcqRel);
-        self.metrics.last_sync.set(self.last_poll_ok.load(Ordering::Acquire));
+        self.metrics
+            .last_sync
+            .set(self.last_poll_ok.load(Ordering::Acquire));
         self.metrics.sync(source, true);
         self.note_stale(self.is_stale());
     }
