@@ -227,7 +227,7 @@ fn validate_relay(raw: RawRelay, p: &mut Problems) -> RelayConfig {
     );
     for e in sub.0 {
         let key = e.key.replacen("revocation.", "relay.", 1);
-        p.push(key, e.message);
+        p.push(key, e.message.replace("revocation.", "relay."));
     }
     let stream = validate_stream(raw.stream.clone().unwrap_or_default(), "relay.stream", p);
     let replicas = raw.stream.and_then(|s| s.replicas).unwrap_or(1);

@@ -592,6 +592,7 @@ impl Config {
             .collect();
         if let Some(r) = &self.revocation
             && r.feed.is_none()
+            && r.stream.is_none()
         {
             w.push(
                 "revocation.feed_url: not set (push-only): a pod never learns revocations made \
@@ -943,6 +944,47 @@ algorithms = ["HS256", "none"]
         assert!(!shown.contains("0123456789abcdef-secret"), "{shown}");
         assert!(shown.contains("<redacted>"));
         assert!(!format!("{c:?}").contains("0123456789abcdef-secret"));
+    }
+
+    #[test]
+    fn the_fleet_stream_replaces_the_feed_and_names_every_mistake() {
+        let text = format!(
+            "{MINIMAL}\n[revocation]\nfeed_url = \"http://km/revocations\"\nmax_sync_age_s = 3\n[revocation.stream]\nurls = [\"http://nats:4222\"]\nname = \"has.dot\"\ntoken = \"${{T}}\"\ncreds_file = \"/c\"\nbogus = 1\n"
+        );
+        let err = Config::from_toml_str(&text, &|_| Some("sekrit-token".into())).unwrap_err();
+        let keys = keys_of(err.clone());
+        assert!(
+            keys.contains(&"revocation.stream.bogus".to_owned()),
+            "{keys:?}"
+        );
+        let text = format!(
+            "{MINIMAL}\n[revocation]\nfeed_url = \"http://km/revocations\"\nmax_sync_age_s = 3\n[revocation.stream]\nurls = [\"http://nats:4222\"]\nname = \"has.dot\"\ntoken = \"${{T}}\"\ncreds_file = \"/c\"\n"
+        );
+        let err = Config::from_toml_str(&text, &|_| Some("sekrit-token".into())).unwrap_err();
+        let keys = keys_of(err.clone());
+        for key in [
+            "revocation.feed_url",
+            "revocation.max_sync_age_s",
+            "revocation.stream.urls[0]",
+            "revocation.stream.name",
+            "revocation.stream.token",
+        ] {
+            assert!(keys.contains(&key.to_owned()), "{key} missing: {keys:?}");
+        }
+        assert!(!err.to_string().contains("sekrit-token"));
+
+        let text = format!(
+            "{MINIMAL}\n[revocation]\n[revocation.stream]\nurls = [\"nats://a:4222\", \"tls://b:4222\"]\ntoken = \"${{T}}\"\n"
+        );
+        let c = Config::from_toml_str(&text, &|_| Some("sekrit-token".into())).unwrap();
+        let s = c.revocation.as_ref().unwrap().stream.as_ref().unwrap();
+        assert_eq!(s.name, "JWTGATE_REV");
+        assert_eq!(s.urls.len(), 2);
+        assert!(!c.to_effective_toml().contains("sekrit-token"));
+        assert!(
+            !c.warnings().iter().any(|w| w.contains("push-only")),
+            "a follower is not push-only"
+        );
     }
 
     #[test]
