@@ -1,6 +1,7 @@
 //! Reference key manager pieces for `jwtgate dev` (and tests): ephemeral signing keys, a
 //! JWKS endpoint, and an echo upstream. Nothing in the product path depends on this module.
 
+pub mod fleet;
 pub mod keys;
 pub mod km;
 
@@ -121,6 +122,12 @@ pub async fn run_dev(
     let issuer = format!("http://{km_addr}/oauth2/token");
     let push_token = random_hex(16);
     let admin_token = random_hex(16);
+    let fleet = fleet::start(&push_token, &format!("http://{km_addr}/revocations")).await;
+    // With the fleet path, the proxy follows the stream instead of polling the key manager.
+    let sync = match &fleet {
+        Some(f) => format!("[revocation.stream]\nurls = [\"{}\"]", f.nats_url),
+        None => format!("feed_url = \"http://{km_addr}/revocations\"\npoll_interval_s = 2"),
+    };
     let config = Config::from_toml_str(
         &format!(
             r#"
@@ -137,11 +144,10 @@ jwks_uri = "http://{km_addr}/oauth2/jwks"
 audiences = ["api://dev"]
 algorithms = ["RS256"]
 [revocation]
-feed_url = "http://{km_addr}/revocations"
-poll_interval_s = 2
 max_sync_age_s = 60
 push_token = "{push_token}"
 max_token_lifetime_s = 86400
+{sync}
 [forward.claim_headers]
 "x-user" = "sub"
 [[routes]]
@@ -181,7 +187,10 @@ scopes_all = ["orders:write"]
             refresh_ttl_s: 3600,
             admin_token: admin_token.clone(),
             push: vec![km::PushTarget {
-                url: format!("http://{admin}/revocations"),
+                url: match &fleet {
+                    Some(f) => format!("http://{}/revocations", f.relay),
+                    None => format!("http://{admin}/revocations"),
+                },
                 token: push_token,
             }],
         },
@@ -199,6 +208,13 @@ scopes_all = ["orders:write"]
         .to_owned();
     let km = format!("http://{km_addr}");
     let api = format!("http://{proxy}");
+    let path = match &fleet {
+        Some(f) => format!(
+            "revocations: key manager → jwtgate relay http://{} → NATS JetStream {} (stream JWTGATE_REV) → proxy",
+            f.relay, f.nats_url
+        ),
+        None => "revocations: key manager → proxy (push and poll); with nats-server on the PATH they run through the fleet relay".to_owned(),
+    };
     let grab = |var: &str, field: &str| {
         format!(r#"{var}=$(printf '%s' "$PAIR" | sed -n 's/.*"{field}":"\([^"]*\)".*/\1/p')"#)
     };
@@ -228,6 +244,7 @@ scopes_all = ["orders:write"]
         println!(
             r#"jwtgate dev: proxy on {api}, admin on http://{admin}
   reference key manager {km} (JWKS {km}/oauth2/jwks, feed {km}/revocations), echo upstream http://{upstream_addr}
+  {path}
 
 Two tokens valid for 15 minutes (RS256, sub=alice, aud=api://dev), scope orders:read,
 and scope "orders:read orders:write":
@@ -287,6 +304,7 @@ Ctrl-C stops it."#,
         );
     };
     tokio::join!(app.run(shutdown), walkthrough);
+    drop(fleet);
     Ok(())
 }
 
