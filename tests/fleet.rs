@@ -18,6 +18,10 @@ struct Nats {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// A config file (users and permissions), or none: anyone may do anything.
+    conf: Option<String>,
+    /// The user the test's own client logs in as.
+    login: Option<(&'static str, &'static str)>,
 }
 
 impl Nats {
@@ -41,22 +45,49 @@ impl Nats {
             port,
             dir: TempDir::new(),
             child: None,
+            conf: None,
+            login: None,
         };
         n.up().await;
         Some(n)
     }
 
+    /// A server whose users and permissions are `accounts` (nats-server config syntax).
+    async fn start_with_accounts(
+        accounts: &str,
+        login: (&'static str, &'static str),
+    ) -> Option<Nats> {
+        let mut n = Nats::start().await?;
+        n.down();
+        let conf = n.dir.file("nats.conf");
+        let store = n.dir.file("js");
+        let text = format!(
+            "listen: 127.0.0.1:{}\njetstream {{ store_dir: \"{store}\" }}\n{accounts}\n",
+            n.port
+        );
+        std::fs::write(&conf, text).unwrap();
+        n.conf = Some(conf);
+        n.login = Some(login);
+        n.up().await;
+        Some(n)
+    }
+
     async fn up(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(&self.dir.0)
+        let mut cmd = Command::new("nats-server");
+        match &self.conf {
+            Some(conf) => cmd.args(["-c", conf]),
+            None => cmd
+                .args([
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-sd",
+                ])
+                .arg(&self.dir.0),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -86,7 +117,11 @@ impl Nats {
     }
 
     async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.unwrap()
+        let mut o = async_nats::ConnectOptions::new();
+        if let Some((user, pass)) = self.login {
+            o = o.user_and_password(user.into(), pass.into());
+        }
+        o.connect(self.url()).await.unwrap()
     }
 
     async fn last_seq(&self) -> u64 {
@@ -112,8 +147,13 @@ struct Relay {
 
 impl Relay {
     async fn start(nats: &Nats, extra: &str) -> Relay {
+        Relay::start_with(nats, extra, "").await
+    }
+
+    /// `stream_extra` goes into `[relay.stream]`.
+    async fn start_with(nats: &Nats, extra: &str, stream_extra: &str) -> Relay {
         let text = format!(
-            "[relay]\nlisten = \"127.0.0.1:0\"\npush_token = \"{PUSH_TOKEN}\"\nmax_token_lifetime_s = 3600\n{extra}\n[relay.stream]\nurls = [\"{}\"]\n",
+            "[relay]\nlisten = \"127.0.0.1:0\"\npush_token = \"{PUSH_TOKEN}\"\nmax_token_lifetime_s = 3600\n{extra}\n[relay.stream]\nurls = [\"{}\"]\n{stream_extra}\n",
             nats.url()
         );
         let cfg = RelayConfig::from_toml_str(&text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
@@ -176,8 +216,12 @@ impl Relay {
 }
 
 fn stream_lines(nats: &Nats, extra: &str) -> String {
+    let login = match nats.login {
+        Some(_) => "username = \"sidecar\"\npassword = \"sidecar-pass\"\n",
+        None => "",
+    };
     format!(
-        "[revocation]\nmax_token_lifetime_s = 3600\n{extra}\n[revocation.stream]\nurls = [\"{}\"]\n",
+        "[revocation]\nmax_token_lifetime_s = 3600\n{extra}\n[revocation.stream]\nurls = [\"{}\"]\n{login}",
         nats.url()
     )
 }
@@ -729,4 +773,88 @@ async fn with_a_snapshot_and_nats_unreachable_a_sidecar_serves_from_the_snapshot
         })
         .await
     );
+}
+
+/// The NATS permissions README "Fleet" gives, enforced by a real nats-server: the relay
+/// and the sidecars work under them, and a sidecar's user can neither store a record nor
+/// delete the stream.
+const ACCOUNTS: &str = r#"
+accounts {
+  FLEET {
+    jetstream: enabled
+    users: [
+      { user: relay, password: relay-pass, permissions: {
+          publish: { allow: ["jwtgate.rev.v1", "jwtgate.hb.v1", "$JS.API.>"] }
+          subscribe: { allow: ["_INBOX.>"] } } }
+      { user: sidecar, password: sidecar-pass, permissions: {
+          publish: { allow: ["$JS.API.STREAM.INFO.JWTGATE_REV", "$JS.API.DIRECT.GET.JWTGATE_REV",
+                             "$JS.API.CONSUMER.CREATE.JWTGATE_REV", "$JS.API.CONSUMER.CREATE.JWTGATE_REV.>",
+                             "$JS.API.CONSUMER.MSG.NEXT.JWTGATE_REV.>", "$JS.API.CONSUMER.DELETE.JWTGATE_REV.>"] }
+          subscribe: { allow: ["jwtgate.live.v1", "jwtgate.hb.v1", "_INBOX.>"] } } }
+    ]
+  }
+}
+"#;
+
+#[tokio::test]
+async fn sidecars_follow_under_read_only_permissions_that_forbid_publishing() {
+    let Some(nats) = Nats::start_with_accounts(ACCOUNTS, ("sidecar", "sidecar-pass")).await else {
+        return;
+    };
+    let relay =
+        Relay::start_with(&nats, "", "username = \"relay\"\npassword = \"relay-pass\"").await;
+    let key = DevKey::p256("k");
+    let keys = key_server(&key).await;
+    // More than a direct-get catch-up takes: a fresh sidecar reads them with a consumer.
+    for batch in 0..3 {
+        let records: Vec<Value> = (0..100)
+            .map(|i| json!({"kind": "jti", "jti": format!("perm-{batch}-{i}"), "exp": now() + 600}))
+            .collect();
+        assert_eq!(relay.push(json!(records)).await, 202);
+    }
+    let dir = TempDir::new();
+    let snap = format!("snapshot_path = \"{}\"", dir.file("rev.snap"));
+    let mut h = sidecar(&nats, &keys, &snap, true).await;
+    assert_eq!(h.metric(r#"jwtgate_revocations{kind="jti"}"#).await, 300.0);
+    let mut c = h.claims();
+    c["jti"] = "perm-2-99".into();
+    assert!(is_revoked(&h, &key.token(&c)).await);
+    // Live, then a short catch-up by direct get after a restart.
+    let live = h.claims();
+    assert_eq!(relay.push(json!([jti_record(&live)])).await, 202);
+    assert!(
+        h.eventually(5, || async { is_revoked(&h, &key.token(&live)).await })
+            .await
+    );
+    stop(&mut h).await;
+    let gap = h.claims();
+    assert_eq!(relay.push(json!([jti_record(&gap)])).await, 202);
+    let h = sidecar(&nats, &keys, &snap, true).await;
+    assert!(is_revoked(&h, &key.token(&gap)).await);
+    assert_eq!(h.metric("jwtgate_revocation_stream_sequence").await, 302.0);
+
+    // The sidecar's user cannot write: no stored record, no deleted stream.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let forged = json!({"revocations": [{"kind": "jti", "jti": "forged", "exp": now() + 60}]});
+    let published = async {
+        js.publish("jwtgate.rev.v1", forged.to_string().into())
+            .await
+            .ok()?
+            .await
+            .ok()
+    };
+    // A denied request gets no answer: both wait out a short timeout, side by side.
+    let (stored, deleted) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(3), published),
+        tokio::time::timeout(Duration::from_secs(3), js.delete_stream("JWTGATE_REV")),
+    );
+    assert!(
+        stored.ok().flatten().is_none(),
+        "the sidecar user stored a record"
+    );
+    assert!(
+        !matches!(deleted, Ok(Ok(_))),
+        "the sidecar user deleted the stream"
+    );
+    assert_eq!(nats.last_seq().await, 302);
 }

@@ -20,6 +20,8 @@ pub(super) struct RawStream {
     name: Option<String>,
     creds_file: Option<String>,
     token: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
     ca_file: Option<String>,
     /// Relay only (`[relay.stream]`).
     replicas: Option<u64>,
@@ -34,6 +36,9 @@ pub struct StreamConfig {
     /// A NATS user JWT and nkey seed (`.creds`).
     pub creds_file: Option<PathBuf>,
     pub token: Option<Secret>,
+    /// A NATS user and password (both or neither).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
     /// Extra trust roots for TLS to the servers.
     pub ca_file: Option<PathBuf>,
 }
@@ -77,8 +82,19 @@ pub(super) fn validate_stream(raw: RawStream, prefix: &str, p: &mut Problems) ->
             "1 to 64 characters of A-Z, a-z, 0-9, '_' and '-' (a JetStream stream name)",
         );
     }
-    if raw.creds_file.is_some() && raw.token.is_some() {
-        p.push(k("token"), "set creds_file or token, not both");
+    let ways = [
+        raw.creds_file.is_some(),
+        raw.token.is_some(),
+        raw.username.is_some() || raw.password.is_some(),
+    ];
+    if ways.iter().filter(|w| **w).count() > 1 {
+        p.push(
+            k("token"),
+            "set one of creds_file, token, or username and password",
+        );
+    }
+    if raw.username.is_some() != raw.password.is_some() {
+        p.push(k("password"), "set both username and password, or neither");
     }
     if raw.token.as_deref().is_some_and(str::is_empty) {
         p.push(k("token"), "is empty");
@@ -88,6 +104,8 @@ pub(super) fn validate_stream(raw: RawStream, prefix: &str, p: &mut Problems) ->
         name,
         creds_file: raw.creds_file.map(PathBuf::from),
         token: raw.token.map(Secret),
+        username: raw.username,
+        password: raw.password.map(Secret),
         ca_file: raw.ca_file.map(PathBuf::from),
     }
 }

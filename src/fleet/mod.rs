@@ -204,6 +204,9 @@ pub async fn connect(
     if let Some(t) = &cfg.token {
         o = o.token(t.expose().to_owned());
     }
+    if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
+        o = o.user_and_password(user.clone(), password.expose().to_owned());
+    }
     if let Some(path) = &cfg.creds_file {
         o = o
             .credentials_file(path)
