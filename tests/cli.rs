@@ -470,3 +470,57 @@ fn inject_dry_run_prints_the_patched_pod_or_the_refusal() {
     let out = run("not json");
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// `jwtgate relay`: every problem named by its relay key, exit 64; `--check` prints the
+/// config with its secrets redacted. `jwtgate check` refuses a feed next to the stream.
+#[test]
+fn relay_config_errors_name_their_keys_and_check_redacts() {
+    let bad = write_config(
+        "[relay]\nlisten = \"nowhere\"\npush_token = \"short\"\nfeed_format = \"wso2\"\n[relay.stream]\nurls = [\"http://nats:4222\"]\n",
+    );
+    let out = bin()
+        .args(["relay", "--config"])
+        .arg(&bad.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "relay.listen",
+        "relay.push_token",
+        "relay.feed_format",
+        "relay.stream.urls[0]",
+    ] {
+        assert!(err.contains(&format!("{key}:")), "missing {key} in:\n{err}");
+    }
+    let good = write_config(
+        "[relay]\nlisten = \"127.0.0.1:0\"\npush_token = \"${JWTGATE_TEST_PUSH}\"\n[relay.stream]\nurls = [\"nats://127.0.0.1:4222\"]\ntoken = \"${JWTGATE_TEST_PUSH}\"\n",
+    );
+    let out = bin()
+        .args(["relay", "--check", "--config"])
+        .arg(&good.0)
+        .env("JWTGATE_TEST_PUSH", "0123456789abcdef-secret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("[relay]") && shown.contains("[relay.stream]"),
+        "{shown}"
+    );
+    assert!(!shown.contains("0123456789abcdef-secret"), "{shown}");
+
+    let both = write_config(
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[[issuers]]\nname = \"km\"\nissuer = \"https://km\"\njwks_uri = \"https://km/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n[revocation]\nfeed_url = \"http://km/revocations\"\n[revocation.stream]\nurls = [\"nats://127.0.0.1:4222\"]\n",
+    );
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&both.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("revocation.feed_url: set feed_url or [revocation.stream], not both")
+    );
+}

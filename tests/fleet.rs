@@ -858,3 +858,63 @@ async fn sidecars_follow_under_read_only_permissions_that_forbid_publishing() {
     );
     assert_eq!(nats.last_seq().await, 302);
 }
+
+/// With `tls_cert`/`tls_key` the relay's listener speaks HTTPS only: a push over TLS is
+/// published; one sent in clear gets no HTTP answer and publishes nothing.
+#[tokio::test]
+async fn the_relay_listener_speaks_https_when_given_a_certificate() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let dir = TempDir::new();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.file("relay.crt"), dir.file("relay.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let text = format!(
+        "[relay]\nlisten = \"127.0.0.1:0\"\npush_token = \"{PUSH_TOKEN}\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n[relay.stream]\nurls = [\"{}\"]\n",
+        nats.url()
+    );
+    let cfg = RelayConfig::from_toml_str(&text, &|_| None).unwrap();
+    let relay = jwtgate::fleet::relay::Relay::bind(cfg).await.unwrap();
+    let port = relay.addr().port();
+    tokio::spawn(relay.run(std::future::pending()));
+    let tls = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{port}");
+    let t0 = Instant::now();
+    while !tls
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "relay not ready over HTTPS"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let body = json!({"revocations": [{"kind": "jti", "jti": "over-tls", "exp": now() + 600}]});
+    let clear = reqwest::Client::builder().no_proxy().build().unwrap();
+    let sent = clear
+        .post(format!("http://127.0.0.1:{port}/revocations"))
+        .bearer_auth(PUSH_TOKEN)
+        .json(&body)
+        .send()
+        .await;
+    assert!(sent.is_err(), "a clear-text push got an HTTP answer");
+    let sent = tls
+        .post(format!("{base}/revocations"))
+        .bearer_auth(PUSH_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    assert_eq!(nats.last_seq().await, 1);
+}
