@@ -918,3 +918,38 @@ async fn the_relay_listener_speaks_https_when_given_a_certificate() {
     assert_eq!(sent.status(), 202);
     assert_eq!(nats.last_seq().await, 1);
 }
+
+/// A stream that keeps records for less than a token's lifetime cannot hold every
+/// revocation that still matters: the sidecar is not ready until `max_age` is raised.
+#[tokio::test]
+async fn a_stream_whose_max_age_is_too_short_keeps_the_sidecar_not_ready() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let js = async_nats::jetstream::new(nats.client().await);
+    let mut config = async_nats::jetstream::stream::Config {
+        name: "JWTGATE_REV".into(),
+        subjects: vec!["jwtgate.rev.v1".into()],
+        max_age: Duration::from_secs(600),
+        allow_direct: true,
+        republish: Some(async_nats::jetstream::stream::Republish {
+            source: "jwtgate.rev.v1".into(),
+            destination: "jwtgate.live.v1".into(),
+            headers_only: false,
+        }),
+        ..Default::default()
+    };
+    js.create_stream(config.clone()).await.unwrap();
+    let key = DevKey::p256("k");
+    let keys = key_server(&key).await;
+    let h = sidecar(&nats, &keys, "", false).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.readyz().await, 503, "600 s < 3600 s + leeway");
+    // Not ready is stale: a request is answered 503 and never forwarded.
+    let before = h.upstream.count();
+    assert_eq!(h.get(&key.token(&h.claims())).await.status(), 503);
+    assert_eq!(h.upstream.count(), before);
+    config.max_age = Duration::from_secs(7200);
+    js.update_stream(config).await.unwrap();
+    assert!(h.eventually(40, || async { h.readyz().await == 200 }).await);
+}
