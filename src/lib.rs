@@ -43,8 +43,8 @@
 //!
 //! Modules depend one way: the leaves (`reject`, `clock`, `jose`, `hashing`, `hop`,
 //! `path`, `tls`) ← `config` ← `metrics`, `jwks`, `revocation`, `observe` ← `auth` ← `policy`
-//! ← `proxy` ← `admin` ← `lib`
-//! (`.ci/module_cycles.py` checks there is no cycle).
+//! ← `proxy` ← `admin` ← `fleet` (the stream's follower and `jwtgate relay`, DESIGN §10)
+//! ← `lib` (`.ci/module_cycles.py` checks there is no cycle).
 
 pub mod admin;
 pub mod auth;

@@ -274,6 +274,26 @@ async fn stop(h: &mut Harness) {
     }
 }
 
+/// A sidecar with a snapshot that applied one revocation, then stopped: the stopped
+/// harness and the revoked token's claims.
+async fn revoked_then_stopped(
+    nats: &Nats,
+    relay: &Relay,
+    key: &DevKey,
+    keys: &Arc<KeyServer>,
+    snap: &str,
+) -> (Harness, Value) {
+    let mut h = sidecar(nats, keys, snap, true).await;
+    let c = h.claims();
+    assert_eq!(relay.push(json!([jti_record(&c)])).await, 202);
+    assert!(
+        h.eventually(5, || async { is_revoked(&h, &key.token(&c)).await })
+            .await
+    );
+    stop(&mut h).await;
+    (h, c)
+}
+
 #[tokio::test]
 async fn a_revocation_is_refused_by_three_sidecars_within_a_second() {
     let Some(nats) = Nats::start().await else {
@@ -345,14 +365,7 @@ async fn a_stopped_sidecar_catches_up_on_1000_revocations_before_it_turns_ready(
     let keys = key_server(&key).await;
     let dir = TempDir::new();
     let snap = format!("snapshot_path = \"{}\"", dir.file("rev.snap"));
-    let mut h = sidecar(&nats, &keys, &snap, true).await;
-    let first = h.claims();
-    assert_eq!(relay.push(json!([jti_record(&first)])).await, 202);
-    assert!(
-        h.eventually(5, || async { is_revoked(&h, &key.token(&first)).await })
-            .await
-    );
-    stop(&mut h).await;
+    let (h, first) = revoked_then_stopped(&nats, &relay, &key, &keys, &snap).await;
 
     let mut last = Value::Null;
     for batch in 0..10 {
@@ -745,14 +758,7 @@ async fn with_a_snapshot_and_nats_unreachable_a_sidecar_serves_from_the_snapshot
     let keys = key_server(&key).await;
     let dir = TempDir::new();
     let snap = format!("snapshot_path = \"{}\"", dir.file("rev.snap"));
-    let mut h = sidecar(&nats, &keys, &snap, true).await;
-    let c = h.claims();
-    assert_eq!(relay.push(json!([jti_record(&c)])).await, 202);
-    assert!(
-        h.eventually(5, || async { is_revoked(&h, &key.token(&c)).await })
-            .await
-    );
-    stop(&mut h).await;
+    let (_, c) = revoked_then_stopped(&nats, &relay, &key, &keys, &snap).await;
     nats.down();
 
     let h = sidecar(&nats, &keys, &snap, false).await;

@@ -107,6 +107,11 @@ impl StreamMetrics {
         }
     }
 
+    /// The last sequence applied (the fan-out bench reads it for each follower).
+    pub fn sequence(&self) -> u64 {
+        u64::try_from(self.sequence.get()).unwrap_or(0)
+    }
+
     fn gap(&self, g: Gap) {
         self.gaps.with_label_values(&[g.label()]).inc();
     }
@@ -226,14 +231,8 @@ impl Follower {
                 }
             }
             self.rev.refresh_stale();
-            let delay = crate::fetch::backoff(
-                failures,
-                Duration::from_millis(500),
-                Duration::from_secs(30),
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stop.changed() => return,
+            if super::pause(failures, &mut stop).await {
+                return;
             }
         }
     }
@@ -280,14 +279,8 @@ impl Follower {
                         if retries == 1 || retries.is_power_of_two() {
                             tracing::warn!(%error, "revocation stream catch-up failed; retrying");
                         }
-                        let delay = crate::fetch::backoff(
-                            retries,
-                            Duration::from_millis(500),
-                            Duration::from_secs(30),
-                        );
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = stop.changed() => return End::Stopped,
+                        if super::pause(retries, stop).await {
+                            return End::Stopped;
                         }
                         pending = Some(None);
                         continue;

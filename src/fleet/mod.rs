@@ -73,15 +73,7 @@ pub struct Wire {
 
 /// The native push body of one record, and its origin.
 pub fn encode(r: &Record) -> Wire {
-    let (target, id, iss, time) = match r {
-        Record::Id { target, id, exp } => (*target, id, None, *exp),
-        Record::Rule {
-            target,
-            id,
-            iss,
-            revoked_at,
-        } => (*target, id, iss.as_deref(), *revoked_at),
-    };
+    let (target, id, iss, time) = r.parts();
     let format = match target {
         Target::Wso2Token | Target::Wso2Client | Target::Wso2Entity => Format::Wso2,
         Target::Jti | Target::Subject | Target::Client => Format::Jwtgate,
@@ -101,23 +93,43 @@ pub fn encode(r: &Record) -> Wire {
         v["iss"] = iss.into();
     }
     let body = serde_json::to_vec(&serde_json::json!({ "revocations": [v] })).unwrap_or_default();
-    // Length-prefixed fields: no two different records hash the same input.
-    let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for field in [
+    let msg_id = crate::hashing::hex(&digest(&[
         format.label().as_bytes(),
         &[target.tag()],
         iss.unwrap_or("").as_bytes(),
         id.as_bytes(),
         time.to_string().as_bytes(),
-    ] {
-        h.update(&(field.len() as u32).to_be_bytes());
-        h.update(field);
-    }
-    let msg_id = crate::hashing::hex(h.finish().as_ref());
+    ]));
     Wire {
         format,
         body,
         msg_id,
+    }
+}
+
+/// SHA-256 of length-prefixed fields: no two different field lists hash the same input.
+pub fn digest(fields: &[&[u8]]) -> [u8; 32] {
+    let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for field in fields {
+        h.update(&(field.len() as u32).to_be_bytes());
+        h.update(field);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finish().as_ref());
+    out
+}
+
+/// Waits the backoff after `failures` failures (0.5 s doubling to 30 s, with jitter);
+/// `true` when `stop` changed meanwhile.
+pub async fn pause(failures: u32, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    let delay = crate::fetch::backoff(
+        failures,
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = stop.changed() => true,
     }
 }
 

@@ -56,27 +56,9 @@ impl Outcome {
 
 /// The record's identity (everything but its time), and its time.
 fn identity(r: &Record) -> ([u8; 32], i64) {
-    let (target, id, iss, time) = match r {
-        Record::Id { target, id, exp } => (*target, id, None, *exp),
-        Record::Rule {
-            target,
-            id,
-            iss,
-            revoked_at,
-        } => (*target, id, iss.as_deref(), *revoked_at),
-    };
-    let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for field in [
-        &[target.tag()][..],
-        iss.unwrap_or("").as_bytes(),
-        id.as_bytes(),
-    ] {
-        h.update(&(field.len() as u32).to_be_bytes());
-        h.update(field);
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(h.finish().as_ref());
-    (out, time)
+    let (target, id, iss, time) = r.parts();
+    let key = super::digest(&[&[target.tag()], iss.unwrap_or("").as_bytes(), id.as_bytes()]);
+    (key, time)
 }
 
 /// The stream side of a relay: the index of what the stream holds, and the publisher.
@@ -445,14 +427,8 @@ async fn keep_stream(
             Err(error) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(%error, failures, "relay: stream not reachable yet; retrying");
-                let delay = crate::fetch::backoff(
-                    failures,
-                    Duration::from_millis(500),
-                    Duration::from_secs(30),
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => return,
+                if super::pause(failures, &mut stop).await {
+                    return;
                 }
             }
         }

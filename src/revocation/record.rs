@@ -88,6 +88,21 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// What it matches, the id, the issuer scope, and its time (`exp` or `revoked_at`).
+    pub fn parts(&self) -> (Target, &str, Option<&str>, i64) {
+        match self {
+            Record::Id { target, id, exp } => (*target, id, None, *exp),
+            Record::Rule {
+                target,
+                id,
+                iss,
+                revoked_at,
+            } => (*target, id, iss.as_deref(), *revoked_at),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("record {index}: {message}")]
 pub struct RecordError {
