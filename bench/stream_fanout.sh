@@ -13,8 +13,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${OUT:-/tmp/jwtgate-fanout}"; mkdir -p "$out"
 command -v nats-server >/dev/null || { echo "nats-server is required (apt-get install nats-server)"; exit 1; }
-# 10,000 NATS connections in the harness, as many on the server's side.
-ulimit -n 65536
+# 10,000 NATS connections in the harness, as many on the server's side: as many files as
+# the hard limit allows (a container may forbid raising it; 20,000 is enough).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+echo "open files: $(ulimit -n)"
 cd "$root"
 cargo build --release --quiet --bin jwtgate --example fanout
 bin="$root/target/release/jwtgate"

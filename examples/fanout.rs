@@ -240,6 +240,7 @@ fn main() {
 /// The in-process followers: jwtgate's follower code, one NATS connection each.
 struct Followers {
     seqs: Vec<StreamMetrics>,
+    metrics: Vec<Metrics>,
     revs: Vec<Arc<Revocation>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -257,6 +258,7 @@ async fn followers(n: usize, url: &str) -> (Followers, f64) {
     };
     let mut f = Followers {
         seqs: Vec::with_capacity(n),
+        metrics: Vec::with_capacity(n),
         revs: Vec::with_capacity(n),
         stop,
     };
@@ -283,6 +285,7 @@ async fn followers(n: usize, url: &str) -> (Followers, f64) {
         let follower = Follower::new(rev.clone(), stream.clone(), sm.clone(), 30);
         tokio::spawn(follower.run(stop_rx.clone()));
         f.seqs.push(sm);
+        f.metrics.push(metrics);
         f.revs.push(rev);
         // Connect in waves, as pods start: not 10,000 handshakes in the same millisecond.
         if i % 250 == 249 {
@@ -297,6 +300,21 @@ async fn followers(n: usize, url: &str) -> (Followers, f64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (f, t0.elapsed().as_secs_f64())
+}
+
+/// Catch-ups by reason, summed over every follower.
+fn gaps(metrics: &[Metrics]) -> Value {
+    let mut by = std::collections::BTreeMap::<String, f64>::new();
+    for m in metrics {
+        for l in m.render().lines() {
+            if let Some(rest) = l.strip_prefix("jwtgate_revocation_stream_gaps_total{reason=\"")
+                && let Some((reason, v)) = rest.split_once("\"} ")
+            {
+                *by.entry(reason.to_owned()).or_default() += v.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    json!(by)
 }
 
 /// Per follower, when (ms since `t0`) it first held each revocation: sampled every 2 ms.
@@ -525,9 +543,19 @@ async fn stream(a: &Args) -> Value {
     let cont_ms = (stop_at + Duration::from_secs(3)).as_secs_f64() * 1000.0;
     let stop_ms = stop_at.as_secs_f64() * 1000.0;
     let pushed = |i: usize| f64::from(pushed_at[i].load(Ordering::Acquire));
-    let calm = |i: usize| pushed(i) < stop_ms - 1000.0 || pushed(i) > cont_ms + 5000.0;
+    // Calm: pushed 1 s before the SIGSTOP, or 2 s after the last follower had caught up.
+    let before_cont = (0..r).filter(|i| pushed(*i) < cont_ms).count();
+    let recovered_ms = followers_at
+        .iter()
+        .filter_map(|f| f.get(before_cont.saturating_sub(1)).copied())
+        .map(f64::from)
+        .fold(cont_ms, f64::max);
+    let calm = |i: usize| pushed(i) < stop_ms - 1000.0 || pushed(i) > recovered_ms + 2000.0;
+    // A probe that never saw a refusal (it moved on to the next token first) leaves that
+    // revocation out, counted: a maximum over fewer sidecars would flatter it.
+    let seen_by_all = |i: usize| refused.iter().all(|s| !s[i].is_nan());
     let everywhere: Vec<f64> = (0..r)
-        .filter(|i| calm(*i))
+        .filter(|i| calm(*i) && seen_by_all(*i))
         .map(|i| {
             refused
                 .iter()
@@ -535,22 +563,31 @@ async fn stream(a: &Args) -> Value {
                 .fold(f64::NEG_INFINITY, f64::max)
         })
         .collect();
-    let missed_probe = (0..r)
-        .filter(|i| refused.iter().any(|s| s[*i].is_nan()))
-        .count();
+    let missed_probe = (0..r).filter(|i| calm(*i) && !seen_by_all(*i)).count();
     // 2. publish → applied by every follower (every pair, calm revocations).
     let mut applied = Vec::new();
+    let mut never_applied = 0;
     for f in &followers_at {
         for i in (0..r).filter(|i| calm(*i)) {
-            applied.push(f64::from(f[i]) - pushed(i));
+            if f[i].is_nan() {
+                never_applied += 1;
+            } else {
+                applied.push(f64::from(f[i]) - pushed(i));
+            }
         }
     }
     // 5. the incident: time from SIGCONT until each follower holds every revocation pushed
     // before it; records missing at the end.
-    let before_cont = (0..r).filter(|i| pushed(*i) < cont_ms).count();
     let caught_up: Vec<f64> = followers_at
         .iter()
-        .map(|f| (f64::from(f[before_cont - 1]) - cont_ms).max(0.0))
+        .map(|f| f64::from(f[before_cont - 1]) - cont_ms)
+        .map(|ms| {
+            if ms.is_nan() {
+                f64::INFINITY
+            } else {
+                ms.max(0.0)
+            }
+        })
         .collect();
     let missing: usize = fleet
         .revs
@@ -587,8 +624,11 @@ async fn stream(a: &Args) -> Value {
         "bootstrap_s": bootstrap_s,
         "all_caught_up_within_60s": waited.is_ok(),
         "revoke_to_refused_by_all_real_ms": summary(everywhere),
-        "revocations_a_probe_never_saw_refused": missed_probe,
+        "calm_revocations_a_probe_never_saw_refused": missed_probe,
         "publish_to_applied_every_follower_ms": summary(applied),
+        "follower_revocation_pairs_never_applied": never_applied,
+        "calm_revocations": (0..r).filter(|i| calm(*i)).count(),
+        "follower_catch_ups_by_reason": gaps(&fleet.metrics),
         "km_requests_per_revocation": attempts.load(Ordering::Relaxed) as f64 / r as f64,
         "jetstream_consumers_sampled": consumers_seen,
         "jetstream_consumers_at_end": jsz_end["consumers"],

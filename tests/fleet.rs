@@ -623,6 +623,26 @@ async fn a_crafted_live_message_whose_predecessor_is_ahead_triggers_catch_up_and
     // The catch-up found the stream at 1: the forged record is not in it, not applied.
     assert!(!is_revoked(&h, &key.token(&forged)).await);
     assert_eq!(h.metric("jwtgate_revocation_stream_sequence").await, 1.0);
+    // A heartbeat ahead of the cursor twice, with nothing applied in between: a catch-up.
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream("JWTGATE_REV").await.unwrap();
+    let created = stream.info().await.unwrap().created.unix_timestamp_nanos() as i64;
+    let beat = json!({"stream": "JWTGATE_REV", "created": created, "last_seq": 9, "source_synced_at": null});
+    for _ in 0..2 {
+        client
+            .publish("jwtgate.hb.v1", beat.to_string().into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    assert!(
+        h.eventually(5, || async {
+            h.metric(r#"jwtgate_revocation_stream_gaps_total{reason="heartbeat"}"#)
+                .await
+                == 1.0
+        })
+        .await
+    );
     // And the follower is live again.
     let b = h.claims();
     assert_eq!(relay.push(json!([jti_record(&b)])).await, 202);

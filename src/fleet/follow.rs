@@ -9,7 +9,8 @@
 //! Invariants:
 //! - nothing is skipped silently: a live message whose predecessor is not the cursor, a
 //!   reconnect, a slow-consumer drop, a recreated stream or a heartbeat ahead of the cursor
-//!   twice in a row sends the follower back to catch-up (counted by reason);
+//!   twice in a row with nothing applied in between sends the follower back to catch-up
+//!   (counted by reason);
 //! - records apply in any order (the merge is monotonic), so a catch-up may replay;
 //! - the cursor is saved only after the records up to it were merged;
 //! - a bad message is counted, logged once per cause and skipped: never a stall;
@@ -254,7 +255,8 @@ impl Follower {
             };
         let js = async_nats::jetstream::new(client);
         let mut pending: Option<Option<Gap>> = Some(None);
-        let mut beats_ahead = 0u32;
+        // The cursor when a heartbeat was last ahead of it (none: the last one was not).
+        let mut ahead_at: Option<u64> = None;
         let mut lost = false;
         let mut retries = 0u32;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -271,7 +273,7 @@ impl Follower {
                 match self.catch_up(&js).await {
                     Ok(()) => {
                         retries = 0;
-                        beats_ahead = 0;
+                        ahead_at = None;
                         self.rev.set_ready();
                     }
                     Err(error) => {
@@ -298,7 +300,7 @@ impl Follower {
                 },
                 b = beats.next() => match b {
                     Some(b) => {
-                        if let Some(g) = self.on_heartbeat(&b.payload, &mut beats_ahead) {
+                        if let Some(g) = self.on_heartbeat(&b.payload, &mut ahead_at) {
                             pending = Some(Some(g));
                         }
                     }
@@ -366,7 +368,12 @@ impl Follower {
         None
     }
 
-    fn on_heartbeat(&mut self, payload: &[u8], ahead: &mut u32) -> Option<Gap> {
+    /// A heartbeat ahead of the cursor is a gap only when the one before was ahead too and
+    /// nothing was applied in between: a follower that is merely behind (live messages
+    /// queued after an overload or a stalled server) catches up by itself, and a catch-up
+    /// storm of a whole fleet would only slow it down. A lost message followed by others is
+    /// caught at once by their predecessor header.
+    fn on_heartbeat(&mut self, payload: &[u8], ahead_at: &mut Option<u64>) -> Option<Gap> {
         let Ok(hb) = serde_json::from_slice::<Heartbeat>(payload) else {
             self.bad("heartbeat", "an unreadable heartbeat");
             return None;
@@ -378,14 +385,17 @@ impl Follower {
             return Some(Gap::Recreated);
         }
         if hb.last_seq <= self.cursor.seq {
-            *ahead = 0;
+            *ahead_at = None;
             let now = crate::clock::unix_now();
             self.rev
                 .synced_at(RevocationSource::Stream, hb.source_synced_at.unwrap_or(now));
             return None;
         }
-        *ahead += 1;
-        (*ahead >= 2).then_some(Gap::Heartbeat)
+        if *ahead_at == Some(self.cursor.seq) {
+            return Some(Gap::Heartbeat);
+        }
+        *ahead_at = Some(self.cursor.seq);
+        None
     }
 
     /// The records of a message, screened like any source's; `None` (counted, logged once
@@ -446,15 +456,12 @@ impl Follower {
 
     async fn catch_up_inner(&mut self, js: &async_nats::jetstream::Context) -> Result<(), String> {
         let name = &self.cfg.name;
-        let mut stream = js
+        // One API request: the stream's info comes with it.
+        let stream = js
             .get_stream(name)
             .await
             .map_err(|e| format!("stream {name}: {e} (is the relay running?)"))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| format!("stream {name} info: {e}"))?
-            .clone();
+        let info = stream.cached_info().clone();
         let max_age = info.config.max_age;
         if !max_age.is_zero() && max_age < self.needed_age {
             return Err(format!(
