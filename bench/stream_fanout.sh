@@ -43,6 +43,6 @@ k = json.load(open(f"{out}/km-load.json"))
 print()
 print("| sidecars | poll (10 s) | push | stream |")
 print("|---|---|---|---|")
-for n, v in k["km_requests_per_revocation"].items():
+for n, v in sorted(k["km_requests_per_revocation"].items(), key=lambda kv: int(kv[0])):
     print(f"| {n} | {v['poll']:.2f} | {v['push']:.0f} | 1 |")
 PY

@@ -11,8 +11,8 @@
 //! Not a test: it measures, on an otherwise idle machine, and prints one JSON object.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jwtgate::config::{OnStale, RevocationConfig, StreamConfig};
@@ -345,40 +345,45 @@ fn sampler(
     })
 }
 
-/// The revocation most recently pushed: its index and its token.
-type Current = Arc<Mutex<Option<(usize, Arc<String>)>>>;
-
-/// One keep-alive probe per real sidecar, repeating the most recently revoked token:
-/// when (ms since `t0`) each sidecar first refused each revocation's token.
+/// One keep-alive probe per real sidecar, repeating the most recently revoked token — and
+/// any earlier one it has not yet seen refused, so a slow revocation is not lost from the
+/// figures when the next one is pushed: when (ms since `t0`) each sidecar first refused
+/// each revocation's token.
 fn probes(
     sidecars: &[Sidecar],
-    current: Current,
+    tokens: Arc<Vec<Arc<String>>>,
+    pushed: Arc<std::sync::atomic::AtomicUsize>,
     t0: Instant,
-    total: usize,
     done: Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<Vec<f32>>> {
     sidecars
         .iter()
         .map(|s| {
             let url = format!("{}/orders", s.proxy);
-            let (current, done) = (current.clone(), done.clone());
+            let (tokens, pushed, done) = (tokens.clone(), pushed.clone(), done.clone());
             tokio::spawn(async move {
                 let http = reqwest::Client::builder()
                     .no_proxy()
                     .pool_max_idle_per_host(1)
                     .build()
                     .unwrap();
-                let mut refused = vec![f32::NAN; total];
+                let mut refused = vec![f32::NAN; tokens.len()];
+                let mut first = 0;
                 while !done.load(Ordering::Acquire) {
-                    let now_token = current.lock().unwrap().clone();
-                    if let Some((i, token)) = now_token
-                        && refused[i].is_nan()
-                        && let Ok(r) = http.get(&url).bearer_auth(token.as_str()).send().await
-                    {
-                        if r.status() == 401 {
-                            refused[i] = t0.elapsed().as_secs_f64() as f32 * 1000.0;
+                    let upto = pushed.load(Ordering::Acquire);
+                    for i in (first..upto).rev() {
+                        if !refused[i].is_nan() {
+                            continue;
                         }
-                        let _ = r.bytes().await;
+                        if let Ok(r) = http.get(&url).bearer_auth(tokens[i].as_str()).send().await {
+                            if r.status() == 401 {
+                                refused[i] = t0.elapsed().as_secs_f64() as f32 * 1000.0;
+                            }
+                            let _ = r.bytes().await;
+                        }
+                    }
+                    while first < upto && !refused[first].is_nan() {
+                        first += 1;
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -449,14 +454,16 @@ async fn stream(a: &Args) -> Value {
     let baseline_per_s = api_quiet as f64 / 10.0;
 
     let r = a.revocations;
-    let tokens: Vec<Arc<String>> = (0..r)
-        .map(|i| Arc::new(token(&w, &format!("fanout-{i}"))))
-        .collect();
+    let tokens: Arc<Vec<Arc<String>>> = Arc::new(
+        (0..r)
+            .map(|i| Arc::new(token(&w, &format!("fanout-{i}"))))
+            .collect(),
+    );
     let t0 = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
-    let current: Current = Arc::new(Mutex::new(None));
+    let pushed_n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sample = sampler(fleet.seqs.clone(), t0, r, done.clone());
-    let probe = probes(&real, current.clone(), t0, r, done.clone());
+    let probe = probes(&real, tokens.clone(), pushed_n.clone(), t0, done.clone());
     let pushed_at: Arc<Vec<AtomicU32>> = Arc::new((0..r).map(|_| AtomicU32::new(0)).collect());
     let attempts = Arc::new(AtomicU64::new(0));
     let cpu0 = cpu_seconds(nats_pid);
@@ -488,11 +495,11 @@ async fn stream(a: &Args) -> Value {
                 signal(nats_pid, "-CONT");
             });
         }
-        *current.lock().unwrap() = Some((i, tokens[i].clone()));
         pushed_at[i].store(
             (t0.elapsed().as_secs_f64() * 1000.0) as u32,
             Ordering::Release,
         );
+        pushed_n.store(i + 1, Ordering::Release);
         let (http, relay, attempts) = (w.http.clone(), relay.clone(), attempts.clone());
         let record = json!({"revocations": [{"kind": "jti", "jti": format!("fanout-{i}"), "exp": now_unix() + 3000}]});
         pushes.push(tokio::spawn(async move {

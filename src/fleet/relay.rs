@@ -69,8 +69,6 @@ pub struct Publisher {
     records: prometheus::IntCounterVec,
     /// Set once the stream exists and the index was rebuilt from it.
     ready: Arc<AtomicBool>,
-    /// When the stream was created (Unix ns), as last seen.
-    created: std::sync::atomic::AtomicI64,
 }
 
 impl Publisher {
@@ -129,8 +127,8 @@ impl Publisher {
     }
 
     /// Creates the stream if it is missing, or fixes a `max_age` too short or a missing
-    /// live republish. Returns whether it was created (and the creation time).
-    async fn ensure_stream(&self) -> Result<(bool, i64), String> {
+    /// live republish. Returns whether it was created, and its info.
+    async fn ensure_stream(&self) -> Result<(bool, jetstream::stream::Info), String> {
         let name = &self.cfg.stream.name;
         let wanted = jetstream::stream::Config {
             name: name.clone(),
@@ -151,11 +149,9 @@ impl Publisher {
             ..Default::default()
         };
         match self.js.get_stream(name).await {
-            Ok(mut stream) => {
-                let info = stream
-                    .info()
-                    .await
-                    .map_err(|e| format!("stream {name}: {e}"))?;
+            // One API request: the stream's info comes with it.
+            Ok(stream) => {
+                let info = stream.cached_info().clone();
                 let c = &info.config;
                 let short = !c.max_age.is_zero() && c.max_age < wanted.max_age;
                 if short || c.republish != wanted.republish || !c.allow_direct {
@@ -170,20 +166,16 @@ impl Publisher {
                         .await
                         .map_err(|e| format!("stream {name} update: {e}"))?;
                 }
-                Ok((false, super::created_ns(info)))
+                Ok((false, info))
             }
             Err(e) if is_not_found(&e) => {
-                let mut stream = self
+                let stream = self
                     .js
                     .create_stream(wanted)
                     .await
                     .map_err(|e| format!("stream {name} create: {e}"))?;
-                let info = stream
-                    .info()
-                    .await
-                    .map_err(|e| format!("stream {name}: {e}"))?;
                 tracing::info!(stream = %name, "stream created");
-                Ok((true, super::created_ns(info)))
+                Ok((true, stream.cached_info().clone()))
             }
             Err(e) => Err(format!("stream {name}: {e}")),
         }
@@ -414,10 +406,8 @@ async fn keep_stream(
                 index: Mutex::new(HashMap::new()),
                 records: records.clone(),
                 ready: ready.clone(),
-                created: Default::default(),
             });
-            let (_, created) = publisher.ensure_stream().await?;
-            publisher.created.store(created, Ordering::Release);
+            publisher.ensure_stream().await?;
             let n = publisher.rebuild().await?;
             tracing::info!(records = n, "relay index rebuilt from the stream");
             Ok::<_, String>((client, publisher))
@@ -464,27 +454,26 @@ async fn keep_stream(
 async fn heartbeat(client: &async_nats::Client, p: &Publisher, rev: &Revocation) {
     let name = &p.cfg.stream.name;
     let info = match p.ensure_stream().await {
-        Ok((true, created)) => {
+        Ok((true, _)) => {
             tracing::warn!(stream = %name, "the stream had disappeared: created again, publishing every record held");
-            p.created.store(created, Ordering::Release);
             if let Err(e) = p.republish_all().await {
                 tracing::warn!(error = %e, "relay: republishing after the stream was recreated failed");
             }
-            p.js.get_stream(name).await.ok()
+            // The heartbeat names the sequence reached by the republish.
+            match p.js.get_stream(name).await {
+                Ok(stream) => stream.cached_info().clone(),
+                Err(_) => return,
+            }
         }
-        Ok((false, _)) => p.js.get_stream(name).await.ok(),
+        Ok((false, info)) => info,
         Err(e) => {
             tracing::warn!(error = %e, "relay: stream unreachable; no heartbeat");
             return;
         }
     };
-    let Some(mut stream) = info else { return };
-    let Ok(info) = stream.info().await else {
-        return;
-    };
     let hb = Heartbeat {
         stream: name.clone(),
-        created: super::created_ns(info),
+        created: super::created_ns(&info),
         last_seq: info.state.last_sequence,
         source_synced_at: rev
             .settings()
