@@ -139,8 +139,17 @@ struct Sidecar {
 
 async fn sidecars(w: &World, bin: &str, revocation: &str) -> Vec<Sidecar> {
     let mut out = Vec::new();
+    // Every port chosen while the others are still held: no two alike.
+    let held: Vec<std::net::TcpListener> = (0..2 * REAL)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = held
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    drop(held);
     for i in 0..REAL {
-        let (p, a) = (free_port(), free_port());
+        let (p, a) = (ports[2 * i], ports[2 * i + 1]);
         let path = w.dir.join(format!("sidecar-{i}.toml"));
         std::fs::write(
             &path,
@@ -150,11 +159,19 @@ async fn sidecars(w: &World, bin: &str, revocation: &str) -> Vec<Sidecar> {
             ),
         )
         .unwrap();
+        let log = std::fs::File::create(w.dir.join(format!("sidecar-{i}.log"))).unwrap();
         let child = Command::new(bin)
-            .args(["serve", "--threads", "1", "--config"])
+            .args([
+                "--log-format",
+                "text",
+                "serve",
+                "--threads",
+                "1",
+                "--config",
+            ])
             .arg(&path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         out.push(Sidecar {
@@ -163,8 +180,22 @@ async fn sidecars(w: &World, bin: &str, revocation: &str) -> Vec<Sidecar> {
             admin: format!("http://127.0.0.1:{a}"),
         });
     }
-    for s in &out {
-        wait_ok(&w.http, &format!("{}/readyz", s.admin), 60).await;
+    for (i, s) in out.iter().enumerate() {
+        let ready = format!("{}/readyz", s.admin);
+        let t0 = Instant::now();
+        while !w
+            .http
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            if t0.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(w.dir.join(format!("sidecar-{i}.log")));
+                panic!("sidecar {i} never ready:\n{}", log.unwrap_or_default());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     out
 }
