@@ -93,4 +93,48 @@ async fn dev_walkthrough_routes_answer_as_printed() {
         .await
         .unwrap();
     assert_eq!(read.status(), 200);
+
+    // Revocation, as the walkthrough runs it: through the fleet relay when nats-server is
+    // on the PATH (CI installs it), else pushed straight to the proxy.
+    let path = value("  revocations: ");
+    let via_relay = path.contains("jwtgate relay");
+    assert!(
+        via_relay || std::env::var("CI").is_err(),
+        "in CI the demo's revocations go through the relay: {path}"
+    );
+    let km = value("  KM=").split(';').next().unwrap().to_owned();
+    let pair: serde_json::Value = http
+        .post(format!("{km}/oauth2/token"))
+        .basic_auth("dev-client", Some("dev-secret"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "alice"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let at = pair["access_token"].as_str().unwrap().to_owned();
+    let get = || http.get(format!("{api}/orders")).bearer_auth(&at).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+    let revoked = http
+        .post(format!("{km}/oauth2/revoke"))
+        .basic_auth("dev-client", Some("dev-secret"))
+        .form(&[("token", at.as_str()), ("token_type_hint", "access_token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    // "401 at once": within a second, however the record travelled.
+    let t0 = std::time::Instant::now();
+    while get().await.unwrap().status() != 401 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the revoked token still passes ({path})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
