@@ -979,3 +979,55 @@ async fn a_stream_whose_max_age_is_too_short_keeps_the_sidecar_not_ready() {
     js.update_stream(config).await.unwrap();
     assert!(h.eventually(40, || async { h.readyz().await == 200 }).await);
 }
+
+/// Stream messages are not signed. Where the NATS permissions are missing, a forged live
+/// message carrying the next sequence is applied, but the real record at that sequence
+/// must not be lost: its different message id sends the follower to the stream for it.
+#[tokio::test]
+async fn a_forged_message_with_the_next_sequence_does_not_hide_the_real_record() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let relay = Relay::start(&nats, "").await;
+    let key = DevKey::p256("k");
+    let keys = key_server(&key).await;
+    let h = sidecar(&nats, &keys, "", true).await;
+    let a = h.claims();
+    assert_eq!(relay.push(json!([jti_record(&a)])).await, 202);
+    assert!(
+        h.eventually(5, || async { is_revoked(&h, &key.token(&a)).await })
+            .await
+    );
+    // Sequence 2 claimed by a forgery before the relay publishes the real record.
+    let client = nats.client().await;
+    let decoy = h.claims();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Stream", "JWTGATE_REV");
+    headers.insert("Nats-Sequence", "2");
+    headers.insert("Nats-Last-Sequence", "1");
+    headers.insert("Nats-Msg-Id", "forged");
+    let body = json!({"revocations": [jti_record(&decoy)]}).to_string();
+    client
+        .publish_with_headers("jwtgate.live.v1", headers, body.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    assert!(
+        h.eventually(5, || async {
+            h.metric("jwtgate_revocation_stream_sequence").await == 2.0
+        })
+        .await
+    );
+    let real = h.claims();
+    assert_eq!(relay.push(json!([jti_record(&real)])).await, 202);
+    assert!(
+        h.eventually(5, || async { is_revoked(&h, &key.token(&real)).await })
+            .await,
+        "the real record at sequence 2 was skipped"
+    );
+    assert_eq!(
+        h.metric(r#"jwtgate_revocation_stream_gaps_total{reason="conflict"}"#)
+            .await,
+        1.0
+    );
+}

@@ -33,6 +33,8 @@ use crate::revocation::{EventResult, Record, Revocation, RevocationSource};
 const LIVE_BUFFER: usize = 10_000;
 /// Gaps up to this many messages are fetched by direct get; longer ones by a consumer.
 const DIRECT_GET_MAX: u64 = 256;
+/// Message ids of this many recently applied sequences are kept (conflict detection).
+const SEEN: usize = 4_096;
 /// Records merged at once during a catch-up.
 const APPLY_BATCH: usize = 1_000;
 /// With a restored snapshot and the stream out of reach, ready after this long.
@@ -48,15 +50,19 @@ enum Gap {
     Reconnect,
     SlowConsumer,
     Recreated,
+    /// A message for a sequence already applied, with another message id: one of the two
+    /// was not the stream's (the stream is asked which).
+    Conflict,
 }
 
 impl Gap {
-    const ALL: [Gap; 5] = [
+    const ALL: [Gap; 6] = [
         Gap::Sequence,
         Gap::Heartbeat,
         Gap::Reconnect,
         Gap::SlowConsumer,
         Gap::Recreated,
+        Gap::Conflict,
     ];
     fn label(self) -> &'static str {
         match self {
@@ -65,6 +71,7 @@ impl Gap {
             Gap::Reconnect => "reconnect",
             Gap::SlowConsumer => "slow_consumer",
             Gap::Recreated => "recreated",
+            Gap::Conflict => "conflict",
         }
     }
 }
@@ -174,6 +181,10 @@ pub struct Follower {
     logged: HashSet<&'static str>,
     /// A catch-up is under way (the grace period waits for it).
     catching_up: Arc<AtomicBool>,
+    /// (sequence, `Nats-Msg-Id`) of the last [`SEEN`] messages applied.
+    seen: std::collections::VecDeque<(u64, Option<String>)>,
+    /// Sequences to read again from the stream: a second message claimed them.
+    conflicts: Vec<u64>,
 }
 
 impl Follower {
@@ -194,6 +205,8 @@ impl Follower {
             needed_age: Duration::from_secs(needed),
             logged: HashSet::new(),
             catching_up: Arc::new(AtomicBool::new(false)),
+            seen: std::collections::VecDeque::with_capacity(SEEN),
+            conflicts: Vec::new(),
         }
     }
 
@@ -348,6 +361,14 @@ impl Follower {
             return None;
         }
         if s <= self.cursor.seq {
+            // Normally a copy already applied. But stream messages are not signed: where
+            // the NATS permissions are missing, a forged copy of the next sequence could
+            // have been applied in the real one's place. Another id for a sequence seen is
+            // settled by the stream itself.
+            if self.conflicts_with(s, h) {
+                self.conflicts.push(s);
+                return Some(Gap::Conflict);
+            }
             return None;
         }
         if p != self.cursor.seq {
@@ -364,8 +385,50 @@ impl Follower {
                 }
             }
         }
+        self.remember(s, h);
         self.advance(s);
         None
+    }
+
+    /// Keeps the message id applied for `seq` (replacing an earlier one for it).
+    fn remember(&mut self, seq: u64, h: Option<&async_nats::HeaderMap>) {
+        let id = super::last_header(h, "Nats-Msg-Id").map(str::to_owned);
+        if let Some(entry) = self.seen.iter_mut().find(|(s, _)| *s == seq) {
+            entry.1 = id;
+            return;
+        }
+        if self.seen.len() == SEEN {
+            self.seen.pop_front();
+        }
+        self.seen.push_back((seq, id));
+    }
+
+    /// Whether a message for an applied sequence carries another id than the one applied.
+    fn conflicts_with(&self, seq: u64, h: Option<&async_nats::HeaderMap>) -> bool {
+        let id = super::last_header(h, "Nats-Msg-Id");
+        self.seen
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .is_some_and(|(_, applied)| applied.as_deref() != id)
+    }
+
+    /// Reads the conflicting sequences from the stream and applies what it holds there.
+    async fn settle_conflicts(
+        &mut self,
+        stream: &async_nats::jetstream::stream::Stream,
+    ) -> Result<(), String> {
+        while let Some(&seq) = self.conflicts.last() {
+            let m = tokio::time::timeout(FETCH_TIMEOUT, stream.direct_get(seq))
+                .await
+                .map_err(|_| "direct get timed out".to_owned())?
+                .map_err(|e| format!("direct get {seq}: {e}"))?;
+            if let Some(records) = self.records(Some(&m.headers), &m.payload) {
+                self.rev.merge(RevocationSource::Stream, &records);
+            }
+            self.remember(seq, Some(&m.headers));
+            self.conflicts.pop();
+        }
+        Ok(())
     }
 
     /// A heartbeat ahead of the cursor is a gap only when the one before was ahead too and
@@ -482,6 +545,8 @@ impl Follower {
                 seq: 0,
             };
         }
+        // Left in place on failure: read again at the next catch-up.
+        self.settle_conflicts(&stream).await?;
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
         if first > self.cursor.seq + 1 {
             // Aged out: older than every token's lifetime.
@@ -516,6 +581,7 @@ impl Follower {
             if let Some(records) = self.records(Some(&m.headers), &m.payload) {
                 batch.extend(records);
             }
+            self.remember(m.sequence, Some(&m.headers));
             seq = m.sequence;
         }
         self.rev.merge(RevocationSource::Stream, &batch);
@@ -558,6 +624,7 @@ impl Follower {
             if let Some(records) = self.records(m.message.headers.as_ref(), &m.message.payload) {
                 batch.extend(records);
             }
+            self.remember(s, m.message.headers.as_ref());
             seq = s;
             if batch.len() >= APPLY_BATCH {
                 self.rev.merge(RevocationSource::Stream, &batch);
