@@ -274,6 +274,17 @@ async fn stop(h: &mut Harness) {
     }
 }
 
+/// Pushes the revocation of `claims`'s token to the relay (202) and waits until `h`
+/// refuses the token (401, not forwarded).
+async fn revoke_and_wait(relay: &Relay, h: &Harness, key: &DevKey, claims: &Value) {
+    assert_eq!(relay.push(json!([jti_record(claims)])).await, 202);
+    assert!(
+        h.eventually(5, || async { is_revoked(h, &key.token(claims)).await })
+            .await,
+        "the sidecar never refused the revoked token"
+    );
+}
+
 /// A sidecar with a snapshot that applied one revocation, then stopped: the stopped
 /// harness and the revoked token's claims.
 async fn revoked_then_stopped(
@@ -285,11 +296,7 @@ async fn revoked_then_stopped(
 ) -> (Harness, Value) {
     let mut h = sidecar(nats, keys, snap, true).await;
     let c = h.claims();
-    assert_eq!(relay.push(json!([jti_record(&c)])).await, 202);
-    assert!(
-        h.eventually(5, || async { is_revoked(&h, &key.token(&c)).await })
-            .await
-    );
+    revoke_and_wait(relay, &h, key, &c).await;
     stop(&mut h).await;
     (h, c)
 }
@@ -465,11 +472,7 @@ async fn a_deleted_and_recreated_stream_is_merged_and_nothing_is_lost() {
     let keys = key_server(&key).await;
     let h = sidecar(&nats, &keys, "", true).await;
     let x = h.claims();
-    assert_eq!(relay.push(json!([jti_record(&x)])).await, 202);
-    assert!(
-        h.eventually(5, || async { is_revoked(&h, &key.token(&x)).await })
-            .await
-    );
+    revoke_and_wait(&relay, &h, &key, &x).await;
 
     // The operator deletes the stream.
     let js = async_nats::jetstream::new(nats.client().await);
@@ -581,11 +584,7 @@ async fn a_crafted_live_message_whose_predecessor_is_ahead_triggers_catch_up_and
     let keys = key_server(&key).await;
     let h = sidecar(&nats, &keys, "", true).await;
     let a = h.claims();
-    assert_eq!(relay.push(json!([jti_record(&a)])).await, 202);
-    assert!(
-        h.eventually(5, || async { is_revoked(&h, &key.token(&a)).await })
-            .await
-    );
+    revoke_and_wait(&relay, &h, &key, &a).await;
 
     let client = nats.client().await;
     let forged = h.claims();
@@ -645,11 +644,7 @@ async fn a_crafted_live_message_whose_predecessor_is_ahead_triggers_catch_up_and
     );
     // And the follower is live again.
     let b = h.claims();
-    assert_eq!(relay.push(json!([jti_record(&b)])).await, 202);
-    assert!(
-        h.eventually(5, || async { is_revoked(&h, &key.token(&b)).await })
-            .await
-    );
+    revoke_and_wait(&relay, &h, &key, &b).await;
 }
 
 /// 503 "stale" (never forwarded), or 200 (forwarded).
@@ -756,11 +751,7 @@ async fn bad_stream_messages_are_counted_and_skipped_without_a_stall() {
     assert_eq!(h.metric("jwtgate_revocation_stream_sequence").await, 5.0);
     // No stall: the relay's next record is applied live.
     let next = h.claims();
-    assert_eq!(relay.push(json!([jti_record(&next)])).await, 202);
-    assert!(
-        h.eventually(5, || async { is_revoked(&h, &key.token(&next)).await })
-            .await
-    );
+    revoke_and_wait(&relay, &h, &key, &next).await;
     assert_eq!(
         h.metric(r#"jwtgate_revocation_stream_gaps_total{reason="sequence"}"#)
             .await,
@@ -847,11 +838,7 @@ async fn sidecars_follow_under_read_only_permissions_that_forbid_publishing() {
     assert!(is_revoked(&h, &key.token(&c)).await);
     // Live, then a short catch-up by direct get after a restart.
     let live = h.claims();
-    assert_eq!(relay.push(json!([jti_record(&live)])).await, 202);
-    assert!(
-        h.eventually(5, || async { is_revoked(&h, &key.token(&live)).await })
-            .await
-    );
+    revoke_and_wait(&relay, &h, &key, &live).await;
     stop(&mut h).await;
     let gap = h.claims();
     assert_eq!(relay.push(json!([jti_record(&gap)])).await, 202);
@@ -993,11 +980,7 @@ async fn a_forged_message_with_the_next_sequence_does_not_hide_the_real_record()
     let keys = key_server(&key).await;
     let h = sidecar(&nats, &keys, "", true).await;
     let a = h.claims();
-    assert_eq!(relay.push(json!([jti_record(&a)])).await, 202);
-    assert!(
-        h.eventually(5, || async { is_revoked(&h, &key.token(&a)).await })
-            .await
-    );
+    revoke_and_wait(&relay, &h, &key, &a).await;
     // Sequence 2 claimed by a forgery before the relay publishes the real record.
     let client = nats.client().await;
     let decoy = h.claims();

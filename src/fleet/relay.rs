@@ -75,13 +75,13 @@ impl Publisher {
     fn held(&self, r: &Record) -> bool {
         let (key, time) = identity(r);
         let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        index.get(&key).is_some_and(|held| identity(held).1 >= time)
+        index.get(&key).is_some_and(|held| held.parts().3 >= time)
     }
 
     fn hold(&self, r: Record) {
         let (key, time) = identity(&r);
         let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let later = index.get(&key).is_none_or(|held| identity(held).1 < time);
+        let later = index.get(&key).is_none_or(|held| held.parts().3 < time);
         if later {
             index.insert(key, r);
         }
