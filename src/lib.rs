@@ -298,7 +298,9 @@ impl Listening {
             admin_listener,
             admin_tls,
         } = self;
-        tracing::info!(listen = ?proxy_listener.local_addr().ok(), admin = ?admin_listener.local_addr().ok(), "jwtgate serving");
+        // The bound addresses, as plain `ip:port` (what `:0` resolved to; tests read them).
+        let bound = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %bound(&proxy_listener), admin = %bound(&admin_listener), "jwtgate serving");
 
         let (stop_bg, stop_rx) = tokio::sync::watch::channel(false);
         app.reloader.start(stop_rx.clone());

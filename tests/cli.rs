@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -230,19 +230,11 @@ fn runtime_flags_that_contradict_each_other_are_config_errors() {
     }
 }
 
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn sigterm_fails_readiness_then_serves_for_the_delay_then_exits() {
     let key = DevKey::rsa("k");
     let keys = KeyServer::start(jwks_of(&[(&key, None)])).await;
     let upstream = Upstream::start().await;
-    let (listen, admin) = (free_port(), free_port());
     let issuer = format!("http://{}/oauth2/token", keys.addr);
     let cfg = write_config(&format!(
         r#"
@@ -257,20 +249,11 @@ audiences = ["{AUD}"]
 "#,
         keys.jwks_uri()
     ));
-    let mut child = bin()
-        .args(["serve", "--log-format", "text", "--config"])
-        .arg(&cfg.0)
-        .args([
-            "--listen",
-            &listen.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .args(["--upstream", &format!("http://{}", upstream.addr)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut command = bin();
+    command.args(["serve", "--config"]).arg(&cfg.0);
+    command.args(["--upstream", &format!("http://{}", upstream.addr)]);
+    let mut served = Spawned::spawn(command);
+    let (listen, admin) = (served.proxy, served.admin);
     let http = reqwest::Client::new();
     let ready = |http: reqwest::Client| async move {
         http.get(format!("http://{admin}/readyz"))
@@ -279,11 +262,7 @@ audiences = ["{AUD}"]
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ready(http.clone()).await != 200 {
-        assert!(Instant::now() < deadline, "not ready in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    served.ready().await;
     let n = now();
     let token = key.token(&serde_json::json!({
         "iss": issuer, "aud": AUD, "sub": "s", "iat": n, "exp": n + 60
@@ -300,7 +279,7 @@ audiences = ["{AUD}"]
     );
 
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &served.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -315,7 +294,7 @@ audiences = ["{AUD}"]
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(code) = child.try_wait().unwrap() {
+        if let Some(code) = served.child.try_wait().unwrap() {
             assert!(code.success(), "{code:?}");
             break;
         }
@@ -329,13 +308,10 @@ async fn logs_carry_a_fingerprint_never_the_token() {
     let key = DevKey::rsa("k");
     let keys = KeyServer::start(jwks_of(&[(&key, None)])).await;
     let upstream = Upstream::start().await;
-    let (listen, admin) = (free_port(), free_port());
     let issuer = format!("http://{}/oauth2/token", keys.addr);
     let cfg = write_config(&format!(
         r#"
 [server]
-listen = "{listen}"
-admin_listen = "{admin}"
 shutdown_delay_s = 0
 [upstream]
 url = "http://{}"
@@ -347,24 +323,13 @@ audiences = ["{AUD}"]
         upstream.addr,
         keys.jwks_uri()
     ));
-    let child = bin()
-        .args(["serve", "--config"])
-        .arg(&cfg.0)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = bin();
+    command.args(["serve", "--config"]).arg(&cfg.0);
+    command.env("RUST_LOG", "debug");
+    let mut served = Spawned::spawn(command);
+    let listen = served.proxy;
+    served.ready().await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = http.get(format!("http://{admin}/readyz")).send().await;
-        if s.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not ready in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let n = now();
     let mut claims =
         serde_json::json!({"iss": issuer, "aud": AUD, "sub": "s", "iat": n, "exp": n - 3600});
@@ -380,11 +345,13 @@ audiences = ["{AUD}"]
             .unwrap();
     }
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &served.child.id().to_string()])
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(served.child.wait().unwrap().success());
+    // The reader thread ends at the child's EOF: everything it logged is on the channel.
+    let logs = served.logs.lock().unwrap().iter().collect::<Vec<_>>();
+    let logs = logs.join("\n");
     assert!(logs.contains("\"reason\":\"expired\""), "{logs}");
     assert!(logs.contains("\"reason\":\"signature\""), "{logs}");
     for t in [&expired, &valid, &tampered] {

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,22 +22,6 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::{Value, json};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn token(key: &DevKey, iss: &str, sub: &str, exp_in: i64) -> String {
     let n = now();
     key.token(&json!({
@@ -51,7 +35,12 @@ async fn serve_with_access_log(
     keys: &KeyServer,
     upstream: &Upstream,
     access_log: &str,
-) -> (Proc, SocketAddr, std::sync::mpsc::Receiver<String>, TempDir) {
+) -> (
+    Spawned,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+    TempDir,
+) {
     let dir = TempDir::new();
     let file = dir.file("jwtgate.toml");
     let config = format!(
@@ -68,15 +57,10 @@ async fn serve_with_access_log(
         keys.jwks_uri()
     );
     std::fs::write(&file, config).unwrap();
-    let (proxy, admin) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jwtgate"))
-        .args(["serve", "--config", &file, "--listen", &proxy.to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jwtgate"));
+    command.args(["serve", "--config", &file]);
+    let mut proc = Spawned::spawn_with(command, Stdio::piped());
+    let stdout = proc.child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -86,17 +70,9 @@ async fn serve_with_access_log(
             }
         }
     });
-    let proc = Proc(child);
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    for _ in 0..400 {
-        if let Ok(r) = http.get(format!("http://{admin}/readyz")).send().await
-            && r.status() == 200
-        {
-            return (proc, proxy, rx, dir);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("jwtgate did not become ready");
+    proc.ready().await;
+    let proxy = proc.proxy;
+    (proc, proxy, rx, dir)
 }
 
 fn next_line(rx: &std::sync::mpsc::Receiver<String>) -> Value {
@@ -610,8 +586,10 @@ async fn a_dead_or_hanging_collector_costs_spans_never_requests() {
             open.push(tcp);
         }
     });
-    // Dead: nothing listens there.
-    let dead = free_port();
+    // Dead: bound (so no other socket takes the port) but not listening: refused.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = reserved.local_addr().unwrap();
     for (endpoint, wait_for_drop) in [(hanging_addr, false), (dead, true)] {
         let key = DevKey::rsa("k1");
         let h = traced(&key, &format!("http://{endpoint}"), 1.0, "").await;

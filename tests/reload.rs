@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,25 +14,9 @@ use common::*;
 use jwtgate::devkm::DevKey;
 use serde_json::{Value, json};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// A running `jwtgate serve` on a config file the test rewrites.
 struct Served {
-    proc: Proc,
+    proc: Spawned,
     file: String,
     proxy: std::net::SocketAddr,
     admin: std::net::SocketAddr,
@@ -45,35 +29,18 @@ impl Served {
         let dir = TempDir::new();
         let file = dir.file("jwtgate.toml");
         std::fs::write(&file, config).unwrap();
-        let (proxy, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_jwtgate"))
-            .args(["serve", "--config", &file])
-            .args([
-                "--listen",
-                &proxy.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = Served {
-            proc: Proc(child),
+        let mut command = Command::new(env!("CARGO_BIN_EXE_jwtgate"));
+        command.args(["serve", "--config", &file]).args(args);
+        let proc = Spawned::spawn(command);
+        proc.ready().await;
+        Served {
+            proxy: proc.proxy,
+            admin: proc.admin,
+            proc,
             file,
-            proxy,
-            admin,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             _dir: dir,
-        };
-        for _ in 0..400 {
-            if s.admin_get("/readyz").await.0 == 200 {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("jwtgate did not become ready");
     }
 
     async fn admin_get(&self, path: &str) -> (u16, String) {
@@ -94,7 +61,7 @@ impl Served {
 
     fn hangup(&self) {
         let ok = Command::new("kill")
-            .args(["-HUP", &self.proc.0.id().to_string()])
+            .args(["-HUP", &self.proc.child.id().to_string()])
             .status()
             .unwrap()
             .success();

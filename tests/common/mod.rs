@@ -737,3 +737,97 @@ pub async fn h2_client(
     .unwrap();
     (send, tokio::spawn(conn))
 }
+
+/// A `jwtgate serve` child process on ports the OS chose: `--listen` and `--admin-listen`
+/// are `127.0.0.1:0` and the addresses are read back from its "jwtgate serving" log line.
+/// (A port found free and then handed to the child can be taken in between by any other
+/// test's outgoing connection; this cannot.) Killed on drop.
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    /// Its stderr (JSON log lines) after the "jwtgate serving" line.
+    pub logs: Mutex<std::sync::mpsc::Receiver<String>>,
+}
+
+impl Spawned {
+    /// Spawns `command` (the caller's `serve --config …` and flags) with both listeners on
+    /// `127.0.0.1:0` and JSON logs; panics with the log if it does not start in 20 s.
+    pub fn spawn(command: std::process::Command) -> Spawned {
+        Spawned::spawn_with(command, std::process::Stdio::null())
+    }
+
+    /// [`Spawned::spawn`] with the child's stdout (the access log) sent to `stdout`.
+    pub fn spawn_with(mut command: std::process::Command, stdout: std::process::Stdio) -> Spawned {
+        use std::io::BufRead;
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn jwtgate");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, logs) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let Ok(line) = logs.recv_timeout(left) else {
+                break;
+            };
+            let fields = serde_json::from_str::<Value>(&line)
+                .ok()
+                .filter(|v| v["fields"]["message"] == "jwtgate serving")
+                .map(|v| v["fields"].clone());
+            if let Some(f) = fields {
+                let addr = |k: &str| f[k].as_str().and_then(|a| a.parse().ok());
+                let (Some(proxy), Some(admin)) = (addr("listen"), addr("admin")) else {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("unreadable addresses in {line}");
+                };
+                return Spawned {
+                    child,
+                    proxy,
+                    admin,
+                    logs: Mutex::new(logs),
+                };
+            }
+            seen.push(line);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("jwtgate did not start serving:\n{}", seen.join("\n"));
+    }
+
+    /// Waits (at most 20 s) for `/readyz` to answer 200.
+    pub async fn ready(&self) {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        for _ in 0..400 {
+            let r = http
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("jwtgate did not become ready");
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
