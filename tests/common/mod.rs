@@ -808,20 +808,25 @@ impl Spawned {
         panic!("jwtgate did not start serving:\n{}", seen.join("\n"));
     }
 
-    /// Waits (at most 20 s) for `/readyz` to answer 200.
+    /// Waits (at most 20 s) for `/readyz` to answer 200; panics with its last answer and
+    /// the log otherwise.
     pub async fn ready(&self) {
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let mut last = String::new();
         for _ in 0..400 {
-            let r = http
-                .get(format!("http://{}/readyz", self.admin))
-                .send()
-                .await;
-            if r.is_ok_and(|r| r.status() == 200) {
-                return;
+            let url = format!("http://{}/readyz", self.admin);
+            match http.get(url).send().await {
+                Ok(r) if r.status() == 200 => return,
+                Ok(r) => last = format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => last = e.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("jwtgate did not become ready");
+        let logs = self.logs.lock().unwrap().try_iter().collect::<Vec<_>>();
+        panic!(
+            "jwtgate did not become ready ({last}):\n{}",
+            logs.join("\n")
+        );
     }
 }
 
