@@ -137,4 +137,33 @@ async fn dev_walkthrough_routes_answer_as_printed() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+
+    // Killed outright (no chance to clean up), the demo leaves no nats-server and no store.
+    if via_relay {
+        let store = std::env::temp_dir().join(format!("jwtgate-dev-nats-{}", child.0.id()));
+        assert!(
+            store.exists(),
+            "the demo's NATS store is {}",
+            store.display()
+        );
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        let t0 = std::time::Instant::now();
+        while store.exists() || running_with_arg(&store) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "nats-server or its store outlived the demo"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Whether any process runs with `arg` among its arguments (read from /proc).
+fn running_with_arg(arg: &std::path::Path) -> bool {
+    let arg = arg.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg))
+    })
 }
