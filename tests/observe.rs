@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -60,16 +59,7 @@ async fn serve_with_access_log(
     let mut command = Command::new(env!("CARGO_BIN_EXE_jwtgate"));
     command.args(["serve", "--config", &file]);
     let mut proc = Spawned::spawn_with(command, Stdio::piped());
-    let stdout = proc.child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = lines_of(proc.child.stdout.take().unwrap());
     proc.ready().await;
     let proxy = proc.proxy;
     (proc, proxy, rx, dir)

@@ -759,7 +759,6 @@ impl Spawned {
 
     /// [`Spawned::spawn`] with the child's stdout (the access log) sent to `stdout`.
     pub fn spawn_with(mut command: std::process::Command, stdout: std::process::Stdio) -> Spawned {
-        use std::io::BufRead;
         let mut child = command
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--log-format", "json"])
@@ -767,16 +766,7 @@ impl Spawned {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn jwtgate");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, logs) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let logs = lines_of(child.stderr.take().unwrap());
         let mut seen = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
@@ -835,4 +825,20 @@ impl Drop for Spawned {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The lines `from` produces, each sent on the channel as it is read (by a thread that ends
+/// at EOF).
+pub fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
