@@ -4,6 +4,7 @@
 #
 #   bench/compare.sh [BIN] [PEERS_STATE_DIR]        # ROUNDS=5 DURATION=8s, ~11 min
 #   TARGETS="pass-rs256 cached-rs256" ROUNDS=7 bench/compare.sh
+#   WAIT_IDLE=60 bench/compare.sh                   # starts once the machine is idle (≤ 60 min)
 #
 # Targets (each measured with wrk -t1 -c32 on CPU 0; the proxy alone on CPU 1; nginx
 # upstream on CPU 0; CPU µs per request = the proxy's utime + stime over the round / requests,
@@ -22,6 +23,11 @@
 # ((max - min) / median) is at most NOISE (0.15); otherwise "too noisy, rerun" and exit 3.
 # HAProxy's pass-through is ~14-16 µs per request on an idle machine of this kind; far more
 # means the machine is loaded and every ratio shrinks toward 1.
+#
+# Idle check first: 3 short rounds of HAProxy pass-through; when their median exceeds
+# IDLE_MAX_US (16) or they spread more than NOISE, the run does not start ("machine loaded",
+# exit 3) — or, with WAIT_IDLE=MINUTES, the check repeats every minute until it passes or
+# the minutes are up. IDLE_MAX_US=0 skips the check.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${1:-$root/target/release/jwtgate}"
@@ -59,6 +65,36 @@ where() {
 verify_per_s() {
   taskset -c 1 openssl speed -seconds 2 "$1" 2>/dev/null | awk -v p="$2" '$0 ~ p {v=$NF} END {print v}'
 }
+
+# idle_probe → "median spread" of HAProxy pass-through µs/request over 3 rounds of 3 s.
+idle_probe() {
+  local token a b n all=()
+  token="$(cat "$state/tokens/valid-rs256.jwt")"
+  taskset -c 0 wrk -t1 -c32 -d1s -H "Authorization: Bearer $token" http://127.0.0.1:18981/ >/dev/null
+  for _ in 1 2 3; do
+    b=$(cpu_ticks "$haproxy_pid")
+    n=$(taskset -c 0 wrk -t1 -c32 -d3s -H "Authorization: Bearer $token" http://127.0.0.1:18981/ \
+      | awk '/requests in/ {print $1}')
+    a=$(cpu_ticks "$haproxy_pid")
+    all+=("$(python3 -c "print(($a-$b)*10000/$n)")")
+  done
+  python3 -c "import sys, statistics as s; v=[float(x) for x in sys.argv[1:]]; m=s.median(v); print(f'{m:.2f} {(max(v)-min(v))/m:.2f}')" "${all[@]}"
+}
+
+idle_max="${IDLE_MAX_US:-16}"
+if [ "$idle_max" != 0 ]; then
+  give_up=$(( $(date +%s) + 60 * ${WAIT_IDLE:-0} ))
+  while :; do
+    read -r probe spread <<< "$(idle_probe)"
+    if python3 -c "import sys; sys.exit(not ($probe <= $idle_max and $spread <= $noise))"; then
+      echo "idle check: HAProxy pass-through $probe µs/request, spread $spread: idle"
+      break
+    fi
+    echo "idle check: HAProxy pass-through $probe µs/request (idle ≤ $idle_max), spread $spread (≤ $noise): machine loaded"
+    [ "$(date +%s)" -lt "$give_up" ] || { echo "too noisy, rerun on an idle machine (WAIT_IDLE=MINUTES waits for one)"; exit 3; }
+    sleep 60
+  done
+fi
 
 echo "== $(date -u +%FT%TZ) $(git -C "$root" rev-parse --short HEAD), $rounds rounds × $duration," \
   "wrk -t1 -c32; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
