@@ -6,6 +6,8 @@
 #   bench/ab.sh BASE_BIN [NEW_BIN] [PEERS_STATE_DIR]    # NEW_BIN: target/release/jwtgate
 #   ROUNDS=7 DURATION=8s ALG=es256 CACHE_ENTRIES=0 bench/ab.sh /tmp/jwtgate-old
 #   NEW_EXTRA=bench/routes-10.toml bench/ab.sh /tmp/jwtgate-old   # NEW runs with ten routes
+#   NEW_EXTRA=bench/public.toml bench/ab.sh target/release/jwtgate target/release/jwtgate
+#                                       # the proxy floor: NEW checks no token at all
 #   NEW_EXTRA=bench/access-log.toml bench/ab.sh target/release/jwtgate target/release/jwtgate
 #   NEW_EXTRA=bench/tracing.toml bench/ab.sh target/release/jwtgate target/release/jwtgate
 #   BASE_ARGS="--runtime current-thread" NEW_ARGS="--runtime multi-thread --threads 1" \
