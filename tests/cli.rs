@@ -491,3 +491,39 @@ fn relay_config_errors_name_their_keys_and_check_redacts() {
             .contains("revocation.feed_url: set feed_url or [revocation.stream], not both")
     );
 }
+
+#[test]
+fn log_format_text_writes_plain_lines_without_colour_codes_into_a_pipe() {
+    let cfg = write_config(
+        r#"
+[upstream]
+url = "http://127.0.0.1:9"
+[[issuers]]
+issuer = "https://km.example.com/oauth2/token"
+jwks_uri = "http://127.0.0.1:9/jwks"
+audiences = ["a"]
+"#,
+    );
+    let mut child = bin()
+        .args(["serve", "--log-format", "text", "--config"])
+        .arg(&cfg.0)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = lines_of(child.stderr.take().unwrap());
+    let line = logs
+        .iter()
+        .find(|l| l.contains("jwtgate serving"))
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !line.contains('\x1b'),
+        "no terminal colour codes into a pipe: {line:?}"
+    );
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(line.contains("listen=127.0.0.1:"), "{line}");
+    assert!(!line.trim_start().starts_with('{'), "not JSON: {line}");
+}
