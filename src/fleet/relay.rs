@@ -357,7 +357,7 @@ impl Relay {
             tasks.push(tokio::spawn(store.watch("relay listener")));
             acceptor
         });
-        tracing::info!(listen = ?self.listener.local_addr().ok(), stream = %self.cfg.stream.name, "jwtgate relay serving");
+        tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), stream = %self.cfg.stream.name, "jwtgate relay serving");
         tasks.push(tokio::spawn(crate::admin::serve(
             self.listener,
             admin,

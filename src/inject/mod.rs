@@ -201,7 +201,11 @@ pub async fn serve(
     let reload = tokio::spawn(store.watch("webhook"));
 
     let defaults = Arc::new(defaults);
-    tracing::info!(listen = ?listener.local_addr().ok(), "jwtgate inject serving");
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(listen = %bound, "jwtgate inject serving");
     crate::proxy::listener::serve(
         "inject",
         listener,
