@@ -13,7 +13,8 @@ use jwtgate::config::RelayConfig;
 use jwtgate::devkm::DevKey;
 use serde_json::{Value, json};
 
-/// A `nats-server -js` on a fixed free port with its own store directory, restartable.
+/// A `nats-server -js` on a port of its choosing with its own store directory, restartable
+/// on the same port.
 struct Nats {
     port: u16,
     dir: TempDir,
@@ -36,13 +37,9 @@ impl Nats {
             eprintln!("skipped: nats-server not installed");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut n = Nats {
-            port,
+            // Chosen by nats-server at the first start (`-p -1`), kept for restarts.
+            port: 0,
             dir: TempDir::new(),
             child: None,
             conf: None,
@@ -74,25 +71,35 @@ impl Nats {
 
     async fn up(&mut self) {
         let mut cmd = Command::new("nats-server");
+        // The first start takes a port the kernel picks (no free-port race with other
+        // tests' connections) and reads it from the log; a restart reuses it.
+        let port = match self.port {
+            0 => "-1".to_owned(),
+            p => p.to_string(),
+        };
         match &self.conf {
             Some(conf) => cmd.args(["-c", conf]),
             None => cmd
-                .args([
-                    "-js",
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-sd",
-                ])
+                .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
                 .arg(&self.dir.0),
         };
-        let child = cmd
+        let mut child = cmd
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let log = lines_of(child.stderr.take().unwrap());
         self.child = Some(child);
+        if self.port == 0 {
+            let marker = "Listening for client connections on 127.0.0.1:";
+            let line = log
+                .iter()
+                .find(|l| l.contains(marker))
+                .expect("nats-server did not say where it listens");
+            self.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        }
+        // The rest of its log is read and dropped, so nats-server never blocks on it.
+        std::thread::spawn(move || log.iter().for_each(drop));
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
