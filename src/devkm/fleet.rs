@@ -6,26 +6,19 @@ use std::net::SocketAddr;
 use crate::config::RelayConfig;
 
 /// A loopback `nats-server -js` and a relay publishing to it. nats-server runs under a
-/// shell that stops it and removes its store once its stdin (held here) closes: when this
-/// is dropped, and also when `jwtgate dev` is killed outright and drops nothing.
+/// shell that stops it and removes its store once its stdin (the pipe `_nats` holds)
+/// closes: when this is dropped, and also when `jwtgate dev` is killed outright and drops
+/// nothing.
 pub struct DevFleet {
     pub nats_url: String,
     pub relay: SocketAddr,
     _nats: tokio::process::Child,
-    _lifeline: tokio::process::ChildStdin,
-    store: std::path::PathBuf,
 }
 
 /// `sh -c` script: nats-server in the background until stdin reaches EOF, then stopped
 /// and its store (`$0`) removed. The shell ignores Ctrl-C's SIGINT (which its background
 /// nats-server ignores too): it waits for `jwtgate dev` to exit instead.
 const SUPERVISE: &str = r#"trap '' INT; nats-server "$@" & pid=$!; read -r _; kill "$pid"; wait "$pid"; rm -rf -- "$0""#;
-
-impl Drop for DevFleet {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.store);
-    }
-}
 
 /// Starts nats-server and the relay, or says why not (`None`: the demo pushes and polls
 /// directly, as without NATS).
@@ -36,7 +29,7 @@ pub async fn start(push_token: &str, feed_url: &str) -> Option<DevFleet> {
         .ok()?
         .port();
     let store = std::env::temp_dir().join(format!("jwtgate-dev-nats-{}", std::process::id()));
-    let mut nats = tokio::process::Command::new("sh")
+    let nats = tokio::process::Command::new("sh")
         .args(["-c", SUPERVISE])
         .arg(&store)
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
@@ -46,7 +39,6 @@ pub async fn start(push_token: &str, feed_url: &str) -> Option<DevFleet> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .ok()?;
-    let lifeline = nats.stdin.take()?;
     let mut up = false;
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -86,8 +78,6 @@ urls = ["{nats_url}"]
         nats_url,
         relay: addr,
         _nats: nats,
-        _lifeline: lifeline,
-        store,
     })
 }
 
