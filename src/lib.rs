@@ -292,15 +292,14 @@ impl Listening {
     /// in order: not ready at once, serve for `shutdown_delay`, close the proxy listener,
     /// drain for at most `drain_timeout`, stop the background tasks and the admin listener.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        // The bound addresses, as plain `ip:port` (what `:0` resolved to; tests read them).
+        tracing::info!(listen = %self.proxy_addr(), admin = %self.admin_addr(), "jwtgate serving");
         let Listening {
             app,
             proxy_listener,
             admin_listener,
             admin_tls,
         } = self;
-        // The bound addresses, as plain `ip:port` (what `:0` resolved to; tests read them).
-        let bound = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(listen = %bound(&proxy_listener), admin = %bound(&admin_listener), "jwtgate serving");
 
         let (stop_bg, stop_rx) = tokio::sync::watch::channel(false);
         app.reloader.start(stop_rx.clone());

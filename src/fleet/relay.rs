@@ -352,12 +352,12 @@ impl Relay {
             issuers: Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new())),
             revocation: Some(self.rev.clone()),
         });
+        tracing::info!(listen = %self.addr(), stream = %self.cfg.stream.name, "jwtgate relay serving");
         let mut tasks = Vec::new();
         let acceptor = self.tls.map(|(store, acceptor)| {
             tasks.push(tokio::spawn(store.watch("relay listener")));
             acceptor
         });
-        tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), stream = %self.cfg.stream.name, "jwtgate relay serving");
         tasks.push(tokio::spawn(crate::admin::serve(
             self.listener,
             admin,
