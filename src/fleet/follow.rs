@@ -181,7 +181,7 @@ pub struct Follower {
     logged: HashSet<&'static str>,
     /// A catch-up is under way (the grace period waits for it).
     catching_up: Arc<AtomicBool>,
-    /// (sequence, `Nats-Msg-Id`) of the last [`SEEN`] messages applied.
+    /// (sequence, `Nats-Msg-Id`) of the last [`SEEN`] messages applied, in sequence order.
     seen: std::collections::VecDeque<(u64, Option<String>)>,
     /// Sequences to read again from the stream: a second message claimed them.
     conflicts: Vec<u64>,
@@ -390,26 +390,27 @@ impl Follower {
         None
     }
 
-    /// Keeps the message id applied for `seq` (replacing an earlier one for it).
+    /// Keeps the message id applied for `seq`: appended when `seq` is the newest (every
+    /// live and catch-up message), replaced when it is held (a settled conflict), else
+    /// older than the window and not kept.
     fn remember(&mut self, seq: u64, h: Option<&async_nats::HeaderMap>) {
         let id = super::last_header(h, "Nats-Msg-Id").map(str::to_owned);
-        if let Some(entry) = self.seen.iter_mut().find(|(s, _)| *s == seq) {
-            entry.1 = id;
-            return;
+        if self.seen.back().is_none_or(|(last, _)| *last < seq) {
+            if self.seen.len() == SEEN {
+                self.seen.pop_front();
+            }
+            self.seen.push_back((seq, id));
+        } else if let Ok(i) = self.seen.binary_search_by_key(&seq, |(s, _)| *s) {
+            self.seen[i].1 = id;
         }
-        if self.seen.len() == SEEN {
-            self.seen.pop_front();
-        }
-        self.seen.push_back((seq, id));
     }
 
     /// Whether a message for an applied sequence carries another id than the one applied.
     fn conflicts_with(&self, seq: u64, h: Option<&async_nats::HeaderMap>) -> bool {
         let id = super::last_header(h, "Nats-Msg-Id");
         self.seen
-            .iter()
-            .find(|(s, _)| *s == seq)
-            .is_some_and(|(_, applied)| applied.as_deref() != id)
+            .binary_search_by_key(&seq, |(s, _)| *s)
+            .is_ok_and(|i| self.seen[i].1.as_deref() != id)
     }
 
     /// Reads the conflicting sequences from the stream and applies what it holds there.
@@ -544,6 +545,9 @@ impl Follower {
                 created,
                 seq: 0,
             };
+            // Sequence numbers start again: what was seen under the old ones says nothing.
+            self.seen.clear();
+            self.conflicts.clear();
         }
         // Left in place on failure: read again at the next catch-up.
         self.settle_conflicts(&stream).await?;
