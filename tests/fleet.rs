@@ -247,6 +247,39 @@ async fn sidecar(nats: &Nats, keys: &Arc<KeyServer>, extra: &str, wait_ready: bo
     .await
 }
 
+/// The common setup: a relay, a P-256 key served as JWKS, and one sidecar, ready, following
+/// the stream.
+struct One {
+    relay: Relay,
+    key: DevKey,
+    keys: Arc<KeyServer>,
+    h: Harness,
+}
+
+impl One {
+    async fn start(nats: &Nats) -> One {
+        let relay = Relay::start(nats, "").await;
+        let key = DevKey::p256("k");
+        let keys = key_server(&key).await;
+        let h = sidecar(nats, &keys, "", true).await;
+        One {
+            relay,
+            key,
+            keys,
+            h,
+        }
+    }
+}
+
+/// The headers of a live message as the stream's republish sets them, for a forgery.
+fn live_headers(seq: &str, last: &str) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Stream", "JWTGATE_REV");
+    headers.insert("Nats-Sequence", seq);
+    headers.insert("Nats-Last-Sequence", last);
+    headers
+}
+
 async fn key_server(key: &DevKey) -> Arc<KeyServer> {
     Arc::new(KeyServer::start(jwks_of(&[(key, None)])).await)
 }
@@ -425,10 +458,12 @@ async fn a_nats_restart_mid_stream_loses_nothing() {
     let Some(mut nats) = Nats::start().await else {
         return;
     };
-    let relay = Relay::start(&nats, "").await;
-    let key = DevKey::p256("k");
-    let keys = key_server(&key).await;
-    let h = sidecar(&nats, &keys, "", true).await;
+    let One {
+        relay,
+        key,
+        keys: _keys,
+        h,
+    } = One::start(&nats).await;
     let mut tokens = Vec::new();
     for i in 0..60 {
         let mut c = h.claims();
@@ -474,10 +509,12 @@ async fn a_deleted_and_recreated_stream_is_merged_and_nothing_is_lost() {
     let Some(nats) = Nats::start().await else {
         return;
     };
-    let relay = Relay::start(&nats, "").await;
-    let key = DevKey::p256("k");
-    let keys = key_server(&key).await;
-    let h = sidecar(&nats, &keys, "", true).await;
+    let One {
+        relay,
+        key,
+        keys,
+        h,
+    } = One::start(&nats).await;
     let x = h.claims();
     revoke_and_wait(&relay, &h, &key, &x).await;
 
@@ -586,20 +623,19 @@ async fn a_crafted_live_message_whose_predecessor_is_ahead_triggers_catch_up_and
     let Some(nats) = Nats::start().await else {
         return;
     };
-    let relay = Relay::start(&nats, "").await;
-    let key = DevKey::p256("k");
-    let keys = key_server(&key).await;
-    let h = sidecar(&nats, &keys, "", true).await;
+    let One {
+        relay,
+        key,
+        keys: _keys,
+        h,
+    } = One::start(&nats).await;
     let a = h.claims();
     revoke_and_wait(&relay, &h, &key, &a).await;
 
     let client = nats.client().await;
     let forged = h.claims();
     let body = json!({"revocations": [jti_record(&forged)]}).to_string();
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Stream", "JWTGATE_REV");
-    headers.insert("Nats-Sequence", "5");
-    headers.insert("Nats-Last-Sequence", "4");
+    let headers = live_headers("5", "4");
     client
         .publish_with_headers("jwtgate.live.v1", headers, body.clone().into())
         .await
@@ -711,10 +747,12 @@ async fn bad_stream_messages_are_counted_and_skipped_without_a_stall() {
     let Some(nats) = Nats::start().await else {
         return;
     };
-    let relay = Relay::start(&nats, "").await;
-    let key = DevKey::p256("k");
-    let keys = key_server(&key).await;
-    let h = sidecar(&nats, &keys, "", true).await;
+    let One {
+        relay,
+        key,
+        keys: _keys,
+        h,
+    } = One::start(&nats).await;
     // A rogue publisher on the stored subject (the permissions of README "Fleet" forbid it).
     let js = async_nats::jetstream::new(nats.client().await);
     let publish = |format: Option<&'static str>, body: String| {
@@ -982,19 +1020,18 @@ async fn a_forged_message_with_the_next_sequence_does_not_hide_the_real_record()
     let Some(nats) = Nats::start().await else {
         return;
     };
-    let relay = Relay::start(&nats, "").await;
-    let key = DevKey::p256("k");
-    let keys = key_server(&key).await;
-    let h = sidecar(&nats, &keys, "", true).await;
+    let One {
+        relay,
+        key,
+        keys: _keys,
+        h,
+    } = One::start(&nats).await;
     let a = h.claims();
     revoke_and_wait(&relay, &h, &key, &a).await;
     // Sequence 2 claimed by a forgery before the relay publishes the real record.
     let client = nats.client().await;
     let decoy = h.claims();
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Stream", "JWTGATE_REV");
-    headers.insert("Nats-Sequence", "2");
-    headers.insert("Nats-Last-Sequence", "1");
+    let mut headers = live_headers("2", "1");
     headers.insert("Nats-Msg-Id", "forged");
     let body = json!({"revocations": [jti_record(&decoy)]}).to_string();
     client
