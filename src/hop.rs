@@ -6,7 +6,7 @@ use http::header::{self, HeaderName};
 
 /// Always connection-specific; never forwarded in either direction. (`Trailer` is not one:
 /// it announces end-to-end trailer fields, and hyper sends only announced trailers.)
-pub const HOP_BY_HOP: [HeaderName; 9] = [
+pub static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -18,6 +18,24 @@ pub const HOP_BY_HOP: [HeaderName; 9] = [
     // The h2c upgrade's settings (RFC 7540 §3.2.1): connection-specific by definition.
     HeaderName::from_static("http2-settings"),
 ];
+
+/// The position of `name` in [`HOP_BY_HOP`]: one comparison by length and bytes, where
+/// `HOP_BY_HOP.contains` compares against all nine (every header of every request and
+/// response is asked).
+pub fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "proxy-connection" => Some(1),
+        "keep-alive" => Some(2),
+        "te" => Some(3),
+        "transfer-encoding" => Some(4),
+        "upgrade" => Some(5),
+        "proxy-authorization" => Some(6),
+        "proxy-authenticate" => Some(7),
+        "http2-settings" => Some(8),
+        _ => None,
+    }
+}
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -49,5 +67,15 @@ mod tests {
         assert!(is_reserved(&header::AUTHORIZATION));
         assert!(is_reserved(&HeaderName::from_static("connection")));
         assert!(!is_reserved(&HeaderName::from_static("x-jwt-payload")));
+    }
+
+    #[test]
+    fn hop_by_hop_index_is_the_position_in_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        for other in ["trailer", "host", "connections", "t", "keep-alive2", "x-te"] {
+            assert_eq!(hop_by_hop_index(&HeaderName::from_static(other)), None);
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::hop::{HOP_BY_HOP, X_FORWARDED_FOR};
+use crate::hop::{HOP_BY_HOP, X_FORWARDED_FOR, hop_by_hop_index};
 pub use crate::hop::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// Headers that would let an upstream framework serve another method or path than the one
@@ -148,33 +148,45 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// reduced to `upgrade`, so a validated WebSocket handshake can pass. `TE: trailers` is kept
 /// (gRPC needs it); other `TE` values are dropped.
 ///
-/// Hot path: a map without any hop-by-hop header (most requests) costs one pass over its
-/// names, and `Connection` tokens that name a fixed-list header (most responses:
-/// `Connection: keep-alive`) allocate nothing.
+/// Hot path: one pass over the names notes which fixed-list headers are present (no
+/// hashing, no comparison against the whole list); a map without any (most requests) ends
+/// there, and only the present ones are removed. `Connection` tokens that name a
+/// fixed-list header (most responses: `Connection: keep-alive`) allocate nothing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    let present = headers
+        .keys()
+        .filter_map(hop_by_hop_index)
+        .fold(0u16, |seen, i| seen | 1 << i);
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !HOP_BY_HOP
-                .iter()
-                .any(|h| t.eq_ignore_ascii_case(h.as_str()))
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for name in named.iter().chain(&HOP_BY_HOP) {
+    let has = |name: &HeaderName| hop_by_hop_index(name).is_some_and(|i| present & 1 << i != 0);
+    let named: Vec<HeaderName> = if has(&header::CONNECTION) {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let te_trailers = has(&header::TE)
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    let fixed = HOP_BY_HOP.iter().filter(|name| has(name));
+    for name in named.iter().chain(fixed) {
         if !(upgrade && name == header::UPGRADE) {
             headers.remove(name);
         }
@@ -240,6 +252,16 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-app"], "kept");
+    }
+
+    #[test]
+    fn each_fixed_list_header_alone_is_removed() {
+        for name in HOP_BY_HOP.iter() {
+            let mut h = map(&[(name.as_str(), "x"), ("x-app", "kept")]);
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+            assert_eq!(h["x-app"], "kept");
+        }
     }
 
     #[test]
