@@ -98,6 +98,22 @@ pub struct Peer {
     forwarded_for: HeaderValue,
     /// The last token this connection presented (skips hashing a repeated token).
     last_token: LastToken,
+    /// The identity header of the last verdict, made once per verdict.
+    last_identity: LastIdentity,
+}
+
+/// A verdict and the identity header made for it. A verdict (`Arc<Verified>`) is made for
+/// one token and handed out only for that token (the cache is keyed by its SHA-256, the
+/// connection's repeat by its bytes), so the same verdict means the same payload; the memo
+/// holds the verdict, so its address cannot be reused meanwhile.
+#[derive(Default)]
+struct LastIdentity(std::sync::Mutex<Option<(Arc<Verified>, HeaderValue)>>);
+
+impl std::fmt::Debug for LastIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the payload.
+        f.write_str("LastIdentity(..)")
+    }
 }
 
 impl Peer {
@@ -108,7 +124,31 @@ impl Peer {
             addr,
             forwarded_for,
             last_token: LastToken::default(),
+            last_identity: LastIdentity::default(),
         }
+    }
+
+    /// The identity header for `token`, whose verdict is `v`: the one made for the same
+    /// verdict on this connection's previous request (no split, no per-byte check, no
+    /// copy of the payload), or a new one.
+    fn identity(
+        &self,
+        token: &str,
+        v: &Arc<Verified>,
+    ) -> Result<HeaderValue, (Reject, Option<String>)> {
+        let mut memo = self
+            .last_identity
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((seen, value)) = memo.as_ref()
+            && Arc::ptr_eq(seen, v)
+        {
+            return Ok(value.clone());
+        }
+        let value = identity(token)?;
+        *memo = Some((v.clone(), value.clone()));
+        Ok(value)
     }
 }
 
@@ -368,11 +408,11 @@ impl Proxy {
                 .requirements(cx.route, v)
                 .map_err(|r| g.refuse((r, Some(TokenHash::of(t).fingerprint())), &cx))?;
         }
-        // phase: identity
-        let identity = token
-            .map(identity)
-            .transpose()
-            .map_err(|r| g.refuse(r, &cx))?;
+        // phase: identity (a token always has its verdict here)
+        let identity = match (token, &verified) {
+            (Some(t), Some(v)) => Some(peer.identity(t, v).map_err(|r| g.refuse(r, &cx))?),
+            _ => None,
+        };
         // A WebSocket tunnel keeps what it needs to be decided again under a later
         // generation (DESIGN §9); a plain request keeps nothing.
         let again = (cx.req.headers().contains_key(header::UPGRADE)).then(|| Decision {
