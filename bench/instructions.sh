@@ -3,7 +3,9 @@
 # noise cannot move (two runs of one binary agree to ~0.1 %), for changes too small for the
 # wall-clock A/B (bench/ab.sh) to resolve on a shared machine. It counts user space only
 # (not the kernel's share, not cache misses), so it complements the CPU-time ratios of
-# bench/compare.sh, never replaces them.
+# bench/compare.sh, never replaces them. The cached path reproduces (three runs of one
+# binary within 0.3 %); with the cache off it does not (one binary measured 236k–368k
+# instructions per request in three runs), so first-seen tokens stay with bench/compare.sh.
 #
 #   bench/instructions.sh BIN [BIN …]                  # cached RS256 token, each binary
 #   ALG=es256 CACHE_ENTRIES=0 bench/instructions.sh BIN
@@ -39,7 +41,7 @@ count() {
   fi
   local n ir
   n=$(awk '/requests in/ {print $1}' "$work/wrk-$1.txt")
-  ir=$(cat "$work"/cg-"$1".* | awk '/^totals:/ {s += $2} END {print s}')
+  ir=$(cat "$work"/cg-"$1".* | awk '/^totals:/ {s += $2} END {printf "%d", s}')
   printf '%-40s %9d requests %11.0f instructions/request\n' "$1" "$n" "$((ir / n))"
   kill "$3" 2>/dev/null || true
   wait "$3" 2>/dev/null || true
