@@ -35,10 +35,11 @@ NGINX
   taskset -c 0 nginx -c "$work/nginx-$1.conf" & pids+=($!)
 }
 
-# start_jwtgate NAME PORT ADMIN_PORT UPSTREAM_PORT: jwtgate on CPU 1 (one thread, cache on
-# unless CACHE_ENTRIES=0, revocation on with push only); sets jwtgate_pid_NAME, waits for /readyz.
-start_jwtgate() {
-  cat > "$work/$1.toml" <<TOML
+# write_jwtgate_config FILE PORT ADMIN_PORT UPSTREAM_PORT: the bench config (cache on unless
+# CACHE_ENTRIES=0, revocation on with push only); extra=FILE appends more config (routes,
+# token sources).
+write_jwtgate_config() {
+  cat > "$1" <<TOML
 [server]
 listen = "127.0.0.1:$2"
 admin_listen = "127.0.0.1:$3"
@@ -57,8 +58,13 @@ max_entries = ${CACHE_ENTRIES:-100000}
 push_token = "bench-push-token-0123456789"
 max_token_lifetime_s = 400000000
 TOML
-  # extra=FILE appends more config (routes, token sources) for this instance only.
-  [ -z "${extra:-}" ] || cat "$extra" >> "$work/$1.toml"
+  [ -z "${extra:-}" ] || cat "$extra" >> "$1"
+}
+
+# start_jwtgate NAME PORT ADMIN_PORT UPSTREAM_PORT: jwtgate on CPU 1 (one thread, the config
+# above, extra=FILE for this instance only); sets jwtgate_pid_NAME, waits for /readyz.
+start_jwtgate() {
+  write_jwtgate_config "$work/$1.toml" "$2" "$3" "$4"
   # args="…" replaces the runtime flags for this instance (default --threads 1).
   # stdout (the access log, when on) goes into a pipe read on CPU 0, as a container's
   # stdout goes to the runtime's log reader (whose CPU is not jwtgate's).
@@ -80,7 +86,16 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # sets haproxy_pid. With JWT_PORT, the same process also serves the peer harness's `jwt`
 # frontend there: native jwt_verify (alg pinned per key) plus exp, iss and aud checks.
 start_haproxy() {
-  cat > "$work/haproxy-$1.cfg" <<CFG
+  write_haproxy_config "$work/haproxy-$1.cfg" "$@"
+  taskset -c 1 haproxy -db -f "$work/haproxy-$1.cfg" & pids+=($!)
+  haproxy_pid=$!
+  sleep 0.5
+}
+
+# write_haproxy_config FILE PORT UPSTREAM_PORT [JWT_PORT]: start_haproxy's configuration.
+write_haproxy_config() {
+  local f="$1"; shift
+  cat > "$f" <<CFG
 global
     nbthread 1
     maxconn 4096
@@ -98,7 +113,7 @@ frontend pass
 backend upstream
     server up1 127.0.0.1:$2
 CFG
-  [ -z "${3:-}" ] || cat >> "$work/haproxy-$1.cfg" <<CFG
+  [ -z "${3:-}" ] || cat >> "$f" <<CFG
 frontend jwt
     bind 127.0.0.1:$3
     http-request set-var(txn.bearer) http_auth_bearer
@@ -118,9 +133,6 @@ frontend jwt
     http-request deny deny_status 401 unless iss_ok aud_ok
     default_backend upstream
 CFG
-  taskset -c 1 haproxy -db -f "$work/haproxy-$1.cfg" & pids+=($!)
-  haproxy_pid=$!
-  sleep 0.5
 }
 
 # fill_cache PEERS_DIR PORT N: N distinct valid ES256 tokens, each sent once to jwtgate on

@@ -49,26 +49,7 @@ count() {
 
 port=18581
 for b in "$@"; do
-  cat > "$work/j$port.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-admin_listen = "127.0.0.1:$((port + 100))"
-shutdown_delay_s = 0
-[upstream]
-url = "http://127.0.0.1:18580"
-[[issuers]]
-name = "bench"
-issuer = "https://issuer.bench.local"
-jwks_uri = "http://127.0.0.1:18580/jwks.json"
-audiences = ["bench-api"]
-algorithms = ["RS256", "ES256"]
-[cache]
-max_entries = ${CACHE_ENTRIES:-100000}
-[revocation]
-push_token = "bench-push-token-0123456789"
-max_token_lifetime_s = 400000000
-TOML
-  [ -z "${EXTRA:-}" ] || cat "$EXTRA" >> "$work/j$port.toml"
+  extra="${EXTRA:-}" write_jwtgate_config "$work/j$port.toml" "$port" "$((port + 100))" 18580
   name="jwtgate $(basename "$b")"; tag="j$port"
   taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$work/cg-$tag.%p" \
     "$b" serve ${ARGS:---runtime current-thread} --config "$work/j$port.toml" \
@@ -84,24 +65,7 @@ TOML
 done
 
 if [ -n "${WITH_HAPROXY:-}" ]; then
-  cat > "$work/haproxy.cfg" <<CFG
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
-    timeout http-request 10s
-frontend pass
-    bind 127.0.0.1:18599
-    default_backend upstream
-backend upstream
-    server up1 127.0.0.1:18580
-CFG
+  write_haproxy_config "$work/haproxy.cfg" 18599 18580
   taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$work/cg-haproxy.%p" \
     haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>"$work/haproxy.log" & pids+=($!)
   vpid=$!
