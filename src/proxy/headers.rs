@@ -185,7 +185,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    let fixed = HOP_BY_HOP.iter().filter(|name| has(name));
+    let fixed = (HOP_BY_HOP.iter().enumerate())
+        .filter(|(i, _)| present & 1 << i != 0)
+        .map(|(_, name)| name);
     for name in named.iter().chain(fixed) {
         if !(upgrade && name == header::UPGRADE) {
             headers.remove(name);
